@@ -1,0 +1,1 @@
+"""Read an MLflow tracking store and build the paper's tables and figures (never imports torch)."""
