@@ -1,0 +1,37 @@
+"""MLproject, python_env.yaml and conda.yaml agree with RunConfig and pyproject.toml."""
+
+import tomllib
+from dataclasses import fields
+from pathlib import Path
+
+import yaml
+
+from ncflow import mlproject
+from ncflow.config import PRESETS, RunConfig, build_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_generated_files_are_current():
+    assert (ROOT / "MLproject").read_text() == mlproject.render(mlproject.mlproject())
+    assert (ROOT / "python_env.yaml").read_text() == mlproject.render(mlproject.python_env())
+
+
+def test_train_entry_points_take_every_field_and_their_defaults_are_the_presets():
+    project = yaml.safe_load((ROOT / "MLproject").read_text())
+    expected = {f.name for f in fields(RunConfig)} - set(mlproject.WHERE_TO_LOG)
+    for entry_point, preset in [("main", None), *[(name, name) for name in PRESETS]]:
+        parameters = project["entry_points"][entry_point]["parameters"]
+        assert set(parameters) == expected
+        defaults = {name: spec["default"] for name, spec in parameters.items()}
+        assert build_config(None, defaults) == build_config(preset)
+        command = project["entry_points"][entry_point]["command"]
+        assert all(f"{{{name}}}" in command for name in expected)
+
+
+def test_conda_env_lists_the_project_dependencies():
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    conda = yaml.safe_load((ROOT / "conda.yaml").read_text())
+    pip_section = next(item for item in conda["dependencies"] if isinstance(item, dict))
+    assert pip_section["pip"] == dependencies
+    assert "python=3.11" in conda["dependencies"]
