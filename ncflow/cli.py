@@ -55,14 +55,24 @@ def main() -> None:
     help="Start from the paper's settings; options given explicitly override it.",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--resume",
+    "resume_run_id",
+    metavar="RUN_ID",
+    default=None,
+    help="Continue a FAILED or KILLED run from its checkpoints/last.pt (its own params; --tracking-uri applies).",
+)
 @config_options
-def train(preset: str | None, quiet: bool, **options: str | None) -> None:
+def train(preset: str | None, quiet: bool, resume_run_id: str | None, **options: str | None) -> None:
     """Train one condition (Phase 1 CE → Phase 2 MSE) and log every epoch's collapse metrics to MLflow."""
-    from ncflow.train import train as train_condition  # torch loads only when training
+    from ncflow import train as training  # torch loads only when training
 
     config = config_from_options(preset, options)
     try:
-        result = train_condition(config, progress=not quiet)
+        if resume_run_id:
+            result = training.resume(resume_run_id, tracking_uri=config.tracking_uri, progress=not quiet)
+        else:
+            result = training.train(config, progress=not quiet)
     except ConfigError as error:
         raise click.UsageError(str(error)) from None
     t_nc = "never" if result.t_nc is None else str(result.t_nc)

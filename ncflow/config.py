@@ -227,6 +227,10 @@ def validate(config: RunConfig) -> None:
         "rescale_alpha: only applies with init_from=<run id> (the intervention starts from a Phase-1 checkpoint)",
     )
     _require(
+        config.arch == "mlp" or config.activation == "relu",
+        f"activation: resnet20 uses relu, got {config.activation!r} (activations apply to arch mlp)",
+    )
+    _require(
         config.rescale_alpha == 1.0 or config.arch == "mlp",
         "rescale_alpha: the intervention rescales an MLP's final hidden layer; arch resnet20 allows only 1.0",
     )

@@ -22,7 +22,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ncflow import __version__
-from ncflow.config import ConfigError, RunConfig, condition_hash, parse_field, run_name
+from ncflow.config import ConfigError, RunConfig, build_config, condition_hash, parse_field, run_name
 
 TAG_KIND = "ncflow.kind"
 TAG_CONDITION = "ncflow.condition"
@@ -200,6 +200,19 @@ def finish_run(client: MlflowClient, run_id: str, status: str) -> None:
     client.set_terminated(run_id, status=status)
 
 
+def config_of_run(client: MlflowClient, run_id: str) -> RunConfig:
+    """The RunConfig a run was trained with, rebuilt from its params."""
+    params = client.get_run(run_id).data.params
+    known = {name: value for name, value in params.items() if name in RunConfig.__dataclass_fields__}
+    return build_config(None, known)
+
+
+def reopen_run(client: MlflowClient, run_id: str) -> None:
+    """Mark a FAILED/KILLED run RUNNING again so training can continue in it."""
+    client.update_run(run_id, status="RUNNING")
+    set_tags(client, run_id, {TAG_STATUS: "running", TAG_FAIL_REASON: ""})
+
+
 def require_run(client: MlflowClient, run_id: str, parameter: str) -> None:
     """Fail with one line naming `parameter` when `run_id` is not a run in the store."""
     try:
@@ -238,3 +251,24 @@ def finished_runs_of(client: MlflowClient, experiment_id: str, condition: str, s
         ),
         max_results=100,
     )
+
+
+def log_dynamics_figure(
+    client: MlflowClient,
+    run_id: str,
+    history: list[Mapping[str, float]],
+    summary: Mapping[str, float],
+    config: RunConfig,
+) -> None:
+    """`figures/dynamics.png`, drawn by the analysis package's Figure-1 plot from this run's history."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from analysis.figures import plot_dynamics  # the same drawing the analysis report uses
+
+    frame = pd.DataFrame(list(history))
+    figure = plot_dynamics(frame, summary, config.phase1_epochs if config.protocol == "two-phase" else None)
+    client.log_figure(run_id, figure, "figures/dynamics.png")
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)

@@ -256,7 +256,7 @@ def run_epochs(setup: Setup, client: MlflowClient, run_id: str, progress: bool) 
 def log_results(setup: Setup, client: MlflowClient, run_id: str) -> dict[str, float]:
     """Summary metrics, status tags, history.csv, config.json and the dynamics figure."""
     detector = setup.detector
-    summary = {**detector.summary_metrics(), **setup.intervention}
+    summary = detector.summary_metrics()
     tracking.log_summary(client, run_id, summary)
     tags = {tracking.TAG_STATUS: detector.status}
     if detector.diverged and detector.divergence_reason:
@@ -268,18 +268,39 @@ def log_results(setup: Setup, client: MlflowClient, run_id: str) -> dict[str, fl
     return summary
 
 
-def train(
-    config: RunConfig,
-    *,
-    sweep: str | None = None,
-    parent_run_id: str | None = None,
-    extra_tags: Mapping[str, str] | None = None,
-    progress: bool = True,
-) -> TrainResult:
-    """Train one condition and track it in MLflow. Bad input raises ConfigError before a run exists."""
-    client = tracking.client_for(config)
-    setup = prepare(config, client)
-    client, run_id = tracking.open_run(config, sweep=sweep, parent_run_id=parent_run_id, extra_tags=extra_tags)
+def restore_from_checkpoint(setup: Setup, state: Mapping[str, Any]) -> None:
+    """Continue a run from its `last.pt`: weights, optimiser, schedule, RNG, history, detector (replayed)."""
+    setup.model.load_state_dict(state["model"])
+    setup.optimizer.load_state_dict(state["optimizer"])
+    setup.scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    setup.batch_order.set_state(state["batch_order_rng"])
+    setup.history = [dict(row) for row in state["history"]]
+    for row in setup.history:
+        metrics = {"nc1": row["nc/nc1"], "fn": row["nc/fn"]}
+        setup.detector.update(int(row["epoch"]), int(row["phase"]), metrics, row["train/loss"])
+    setup.start_epoch = int(state["epoch"]) + 1
+
+
+def resume(run_id: str, *, tracking_uri: str = "", progress: bool = True) -> TrainResult:
+    """Continue a FAILED or KILLED run from its last checkpoint, in the same MLflow run.
+
+    Steps logged after that checkpoint and before the crash are logged again (MLflow keeps both values);
+    `history.csv` holds each epoch once.
+    """
+    client = tracking.client_for(RunConfig(tracking_uri=tracking_uri))
+    tracking.require_run(client, run_id, "resume")
+    config = tracking.config_of_run(client, run_id)
+    state = tracking.load_checkpoint(client, run_id, "last")
+    setup = prepare(config.replace(init_from="none", rescale_alpha=1.0), client)
+    setup.config = config
+    restore_from_checkpoint(setup, state)
+    tracking.reopen_run(client, run_id)
+    return run_tracked(setup, client, run_id, progress)
+
+
+def run_tracked(setup: Setup, client: MlflowClient, run_id: str, progress: bool) -> TrainResult:
+    """The loop inside an open run; any exception (Ctrl-C too) leaves the run FAILED/KILLED with its reason."""
     try:
         run_epochs(setup, client, run_id, progress)
         summary = log_results(setup, client, run_id)
@@ -299,3 +320,18 @@ def train(
         history=setup.history,
     )
 
+
+def train(
+    config: RunConfig,
+    *,
+    sweep: str | None = None,
+    parent_run_id: str | None = None,
+    extra_tags: Mapping[str, str] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train one condition and track it in MLflow. Bad input raises ConfigError before a run exists."""
+    client = tracking.client_for(config)
+    setup = prepare(config, client)
+    client, run_id = tracking.open_run(config, sweep=sweep, parent_run_id=parent_run_id, extra_tags=extra_tags)
+    tracking.log_summary(client, run_id, setup.intervention)
+    return run_tracked(setup, client, run_id, progress)

@@ -1,0 +1,160 @@
+"""Classifiers that return (logits, penultimate features): an MLP and the CIFAR ResNet-20 of He et al. (2016).
+
+The penultimate features are what the collapse metrics measure: the MLP's last activation output, ResNet-20's
+64-d globally pooled vector.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ACTIVATIONS = ("relu", "gelu", "tanh")
+ARCHS = ("mlp", "resnet20")
+
+# Kaiming gain per activation; torch has no gain for GELU, so it takes ReLU's (GELU ≈ ReLU for large |x|).
+KAIMING_NONLINEARITY = {"relu": "relu", "gelu": "relu", "tanh": "tanh"}
+ACTIVATION_MODULES: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
+
+
+class MLP(nn.Module):
+    """``Flatten → (Linear → act) × depth → Linear head``; Kaiming-normal weights (fan-in), zero biases."""
+
+    def __init__(self, in_features: int, num_classes: int, depth: int, width: int = 512, activation: str = "relu"):
+        super().__init__()
+        if depth < 1 or width < 1:
+            raise ValueError(f"MLP needs depth >= 1 and width >= 1; got depth={depth}, width={width}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got {activation!r}")
+        layers: list[nn.Module] = [nn.Flatten()]
+        for layer_index in range(depth):
+            fan_in = in_features if layer_index == 0 else width
+            layers += [nn.Linear(fan_in, width), ACTIVATION_MODULES[activation]()]
+        self.hidden = nn.Sequential(*layers)
+        self.head = nn.Linear(width, num_classes)
+        self.activation = activation
+        _kaiming_init(self, KAIMING_NONLINEARITY[activation])
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(logits (N, K), penultimate features (N, width))."""
+        features = self.hidden(x)
+        return self.head(features), features
+
+    def final_hidden_layer(self) -> nn.Linear:
+        """The last hidden Linear, whose output (after the activation) is the penultimate feature."""
+        return [module for module in self.hidden if isinstance(module, nn.Linear)][-1]
+
+
+class BasicBlock(nn.Module):
+    """Two 3×3 conv–BN layers with ReLU and an identity shortcut (option A: subsample and zero-pad channels)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.stride = stride
+        self.extra_channels = out_channels - in_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self._shortcut(x))
+
+    def _shortcut(self, x: Tensor) -> Tensor:
+        """Option A of He et al.: parameter-free; stride by subsampling, new channels are zeros (half each side)."""
+        if self.stride == 1 and self.extra_channels == 0:
+            return x
+        x = x[:, :, :: self.stride, :: self.stride]
+        before = self.extra_channels // 2
+        return F.pad(x, (0, 0, 0, 0, before, self.extra_channels - before))
+
+
+class ResNet20(nn.Module):
+    """CIFAR ResNet-20 (He et al. 2016, §4.2): conv 16 → 3 × 3 BasicBlocks (16/32/64) → global pool → Linear.
+
+    Shortcuts are option A (parameter-free), as in the paper's CIFAR experiments: 269,722 parameters for 3-channel
+    input and 10 classes (option B's 1×1 conv+BN shortcuts would add 2,752, giving the often-quoted 272,474).
+    Works for 1 or 3 channels and any image size (stride 2 at stages 2 and 3; 8×8 → 2×2, 28×28 → 7×7).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 16, 3, stride=1, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        self.stages = nn.Sequential(_stage(16, 16, stride=1), _stage(16, 32, stride=2), _stage(32, 64, stride=2))
+        self.head = nn.Linear(64, num_classes)
+        _kaiming_init(self, "relu")
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(logits (N, K), pooled features (N, 64))."""
+        out = self.stages(F.relu(self.bn(self.conv(x))))
+        features = out.mean(dim=(2, 3))
+        return self.head(features), features
+
+
+def _stage(in_channels: int, out_channels: int, stride: int, blocks: int = 3) -> nn.Sequential:
+    """``blocks`` BasicBlocks, the first one changing width and stride."""
+    return nn.Sequential(
+        BasicBlock(in_channels, out_channels, stride),
+        *(BasicBlock(out_channels, out_channels, 1) for _ in range(blocks - 1)),
+    )
+
+
+def _kaiming_init(model: nn.Module, nonlinearity: str) -> None:
+    """Kaiming-normal (fan-in) weights for every Linear and Conv2d, zero biases; BatchNorm keeps weight 1, bias 0."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity=nonlinearity)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
+def build_model(
+    arch: str, input_shape: tuple[int, int, int], num_classes: int, depth: int, width: int, activation: str
+) -> nn.Module:
+    """The classifier for ``arch``. ResNet-20 has a fixed depth, width and ReLU: it ignores ``depth`` and ``width``
+    and rejects any activation but ``relu``."""
+    if arch == "mlp":
+        return MLP(math.prod(input_shape), num_classes, depth=depth, width=width, activation=activation)
+    if arch == "resnet20":
+        if activation != "relu":
+            raise ValueError(f"activation must be 'relu' for arch 'resnet20'; got {activation!r}")
+        return ResNet20(input_shape[0], num_classes)
+    raise ValueError(f"arch must be one of {', '.join(ARCHS)}; got {arch!r}")
+
+
+@torch.no_grad()
+def rescale_final_hidden(model: nn.Module, alpha: float) -> None:
+    """Multiply the MLP's final hidden Linear (weight and bias) by ``alpha`` in place.
+
+    With ReLU and alpha > 0 the penultimate features scale exactly by alpha (relu(αz) = α·relu(z)).
+    """
+    if not isinstance(model, MLP):
+        raise ValueError(
+            "rescale_final_hidden (the feature-norm intervention) is defined for MLPs only; "
+            f"got {type(model).__name__}"
+        )
+    layer = model.final_hidden_layer()
+    layer.weight.mul_(alpha)
+    layer.bias.mul_(alpha)
+
+
+@torch.no_grad()
+def predict_in_chunks(model: nn.Module, x: Tensor, chunk_size: int = 4096) -> tuple[Tensor, Tensor]:
+    """(logits, features) of the whole of ``x`` in eval mode, ``chunk_size`` samples at a time.
+
+    The model's previous train/eval mode is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        outputs = [model(chunk) for chunk in x.split(chunk_size)]
+    finally:
+        model.train(was_training)
+    logits, features = zip(*outputs)
+    return torch.cat(logits), torch.cat(features)

@@ -1,0 +1,90 @@
+"""The real `ncflow train` CLI on `digits` into a temporary sqlite store: what lands in MLflow."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from ncflow.cli import main
+
+EPOCH_KEYS = {
+    "train/loss", "train/acc", "test/acc", "lr", "phase", "nc/nc1", "nc/nc1_pinv", "nc/nc2", "nc/nc2_equinorm",
+    "nc/nc3", "nc/nc4", "nc/fn", "nc/ncc", "nc/flatness", "time/epoch_s",
+}
+TINY = ["--depth", "2", "--width", "64", "--phase1-epochs", "3", "--phase2-epochs", "3", "--checkpoint-every", "2"]
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> str:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return uri
+
+
+def only_run(uri: str):
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("ncflow")
+    runs = client.search_runs([experiment.experiment_id]) if experiment else []
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+def test_train_cli_logs_everything(store, tmp_path: Path):
+    # nc1_threshold 0.9 makes a 6-epoch run "collapse", so the collapse outputs can be checked too.
+    result = CliRunner().invoke(main, ["train", "--quiet", "--nc1-threshold", "0.9", *TINY])
+    assert result.exit_code == 0, result.output
+    client, run = only_run(store)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "mlp2-relu-w64-wd2e-04-digits-s0"
+    assert run.data.params["depth"] == "2" and run.data.params["weight_decay"] == "0.0002"
+    assert run.data.params["phase1_epochs"] == "3" and run.data.params["nc1_threshold"] == "0.9"
+    tags = run.data.tags
+    assert tags["ncflow.kind"] == "train" and tags["ncflow.status"] == "collapsed"
+    assert len(tags["ncflow.condition"]) == 12
+    for key in EPOCH_KEYS:
+        history = client.get_metric_history(run.info.run_id, key)
+        assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6], key
+    phases = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "phase")}
+    assert phases == {1: 1.0, 2: 1.0, 3: 1.0, 4: 2.0, 5: 2.0, 6: 2.0}
+    metrics = run.data.metrics
+    assert metrics["collapse/threshold"] == 0.9
+    t_nc = metrics["collapse/T_NC"]
+    assert 1 <= t_nc <= 6
+    fn_at_t_nc = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "nc/fn")}[int(t_nc)]
+    assert metrics["collapse/fn_star"] == pytest.approx(fn_at_t_nc)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"history.csv", "config.json", "checkpoints", "figures"} <= artifacts
+    checkpoints = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
+    assert checkpoints == {"checkpoints/phase1_end.pt", "checkpoints/collapse.pt", "checkpoints/last.pt"}
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "figures")] == ["figures/dynamics.png"]
+    history = pd.read_csv(client.download_artifacts(run.info.run_id, "history.csv", str(tmp_path)))
+    assert list(history["epoch"]) == [1, 2, 3, 4, 5, 6]
+    for key in EPOCH_KEYS - {"time/epoch_s"}:
+        logged = [m.value for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
+        assert list(history[key]) == pytest.approx(logged, rel=1e-12, nan_ok=True), key
+    assert "run " in result.output and "collapsed" in result.output
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--depth", "0", "depth: expected an integer from 1 to 64, got 0"),
+        ("--activation", "swish", "activation: 'swish' is not one of relu, gelu, tanh"),
+        ("--weight-decay", "-1", "weight_decay: expected a number >= 0, got -1.0"),
+        ("--nc1-threshold", "2", "nc1_threshold: expected auto or a number in (0, 1), got '2'"),
+        ("--init-from", "0123456789abcdef", "init_from: no MLflow run '0123456789abcdef'"),
+        ("--dataset", "imagenet", "dataset: 'imagenet' is not one of"),
+    ],
+)
+def test_bad_input_is_one_line_and_creates_no_run(store, option, value, message):
+    result = CliRunner().invoke(main, ["train", "--quiet", *TINY, option, value])
+    assert result.exit_code == 2
+    error_lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(error_lines) == 1 and message in error_lines[0], result.output
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("ncflow")
+    assert experiment is None or client.search_runs([experiment.experiment_id]) == []
