@@ -109,8 +109,10 @@ def open_run(
     """Start (or, under `mlflow run`, adopt) the training run and write its params and tags."""
     client = client_for(config)
     adopted_run_id = os.environ.get("MLFLOW_RUN_ID")
-    if adopted_run_id:
+    if adopted_run_id:  # under `mlflow run`: MLflow made the run, in the experiment it was told
         run_id = adopted_run_id
+        experiment_id = client.get_run(run_id).info.experiment_id
+        config = config.replace(experiment=client.get_experiment(experiment_id).name)
     else:
         experiment_id = ensure_experiment(client, config.experiment)
         run_id = client.create_run(experiment_id, run_name=run_name(config)).info.run_id
@@ -260,15 +262,9 @@ def log_dynamics_figure(
     summary: Mapping[str, float],
     config: RunConfig,
 ) -> None:
-    """`figures/dynamics.png`, drawn by the analysis package's Figure-1 plot from this run's history."""
-    import matplotlib
+    """`figures/dynamics.png`: the analysis package's Figure-1 drawing of this run's history."""
+    from analysis.figures import plot_dynamics  # one drawing for the run's artifact and the report
 
-    matplotlib.use("Agg")
-    from analysis.figures import plot_dynamics  # the same drawing the analysis report uses
-
-    frame = pd.DataFrame(list(history))
-    figure = plot_dynamics(frame, summary, config.phase1_epochs if config.protocol == "two-phase" else None)
-    client.log_figure(run_id, figure, "figures/dynamics.png")
-    import matplotlib.pyplot as plt
-
-    plt.close(figure)
+    run = {**summary, **config.as_params(), "run_id": run_id, "run_name": run_name(config)}
+    axes = plot_dynamics(pd.DataFrame(list(history)), run)
+    client.log_figure(run_id, axes[0].figure, "figures/dynamics.png")

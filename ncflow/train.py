@@ -7,6 +7,7 @@ the full training set that gives every collapse metric, then one asynchronous ML
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -106,7 +107,7 @@ def start_from_phase1_checkpoint(setup: Setup, client: MlflowClient) -> None:
     for name in ARCHITECTURE_FIELDS:
         if source[name] != config.as_params()[name]:
             raise ConfigError(
-                f"init_from: run {config.init_from} has {name}={source[name]}, this run has {config.as_params()[name]}"
+                f"init_from: run {config.init_from} has {name}={source[name]}, this run has {name}={config.as_params()[name]}"
             )
     setup.model.load_state_dict(state["model"])
     setup.optimizer.load_state_dict(state["optimizer"])
@@ -191,11 +192,15 @@ def measure_epoch(setup: Setup) -> dict[str, float]:
 
 
 def checkpoint_state(setup: Setup, epoch: int) -> dict[str, Any]:
-    """Everything needed to continue: weights, optimiser, schedule, RNG, and the history so far."""
+    """A copy of everything needed to continue after `epoch`: weights, optimiser, schedule, RNG, history.
+
+    Copied, not referenced, so the state of the last finished epoch survives a crash in the next one
+    (a few MB per epoch for the paper's models: negligible next to an epoch).
+    """
     return {
-        "model": setup.model.state_dict(),
-        "optimizer": setup.optimizer.state_dict(),
-        "scheduler": setup.scheduler.state_dict(),
+        "model": copy.deepcopy(setup.model.state_dict()),
+        "optimizer": copy.deepcopy(setup.optimizer.state_dict()),
+        "scheduler": copy.deepcopy(setup.scheduler.state_dict()),
         "epoch": epoch,
         "config": setup.config.as_params(),
         "torch_rng": torch.get_rng_state(),
@@ -223,7 +228,7 @@ def run_epochs(setup: Setup, client: MlflowClient, run_id: str, progress: bool) 
         disable=not progress,
         dynamic_ncols=True,
     )
-    epoch = setup.start_epoch - 1
+    finished: dict[str, Any] | None = None  # the state after the last finished epoch
     try:
         for epoch in bar:
             started = time.perf_counter()
@@ -236,21 +241,24 @@ def run_epochs(setup: Setup, client: MlflowClient, run_id: str, progress: bool) 
             row["time/epoch_s"] = time.perf_counter() - started
             events = detector.update(epoch, phase, {"nc1": row["nc/nc1"], "fn": row["nc/fn"]}, loss)
             setup.history.append({"epoch": float(epoch), **row})
+            finished = checkpoint_state(setup, epoch)
             logger.log(epoch, row)
             bar.set_postfix(phase=phase, loss=f"{loss:.4f}", nc1=f"{row['nc/nc1']:.4f}", fn=f"{row['nc/fn']:.3f}")
+            if events:  # T_NC, fn*, T_cross are logged as soon as they are known, not only at the end
+                logger.log(0, detector.summary_metrics())
             if "collapsed" in events:
-                tracking.log_checkpoint(client, run_id, "collapse", checkpoint_state(setup, epoch))
+                tracking.log_checkpoint(client, run_id, "collapse", finished)
             if config.protocol == "two-phase" and epoch == config.phase1_epochs:
-                tracking.log_checkpoint(client, run_id, "phase1_end", checkpoint_state(setup, epoch))
+                tracking.log_checkpoint(client, run_id, "phase1_end", finished)
             if epoch % config.checkpoint_every == 0:
-                tracking.log_checkpoint(client, run_id, "last", checkpoint_state(setup, epoch))
+                tracking.log_checkpoint(client, run_id, "last", finished)
             if should_stop(setup, epoch):
                 break
     finally:
         bar.close()
         logger.close()
-        if setup.history:
-            tracking.log_checkpoint(client, run_id, "last", checkpoint_state(setup, epoch))
+        if finished is not None:  # at the end, and after a crash or Ctrl-C: resumable from here
+            tracking.log_checkpoint(client, run_id, "last", finished)
 
 
 def log_results(setup: Setup, client: MlflowClient, run_id: str) -> dict[str, float]:

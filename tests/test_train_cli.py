@@ -34,8 +34,8 @@ def only_run(uri: str):
 
 
 def test_train_cli_logs_everything(store, tmp_path: Path):
-    # nc1_threshold 0.9 makes a 6-epoch run "collapse", so the collapse outputs can be checked too.
-    result = CliRunner().invoke(main, ["train", "--quiet", "--nc1-threshold", "0.9", *TINY])
+    # lr 0.01 and nc1_threshold 0.9 make a 6-epoch run "collapse", so the collapse outputs are checked too.
+    result = CliRunner().invoke(main, ["train", "--quiet", "--lr", "0.01", "--nc1-threshold", "0.9", *TINY])
     assert result.exit_code == 0, result.output
     client, run = only_run(store)
     assert run.info.status == "FINISHED"
