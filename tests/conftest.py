@@ -1,0 +1,22 @@
+"""Shared pytest fixtures. Analysis fixtures (real MLflow stores in temp dirs) are prefixed `mlflow_`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.mlflow_fixtures import LocalStore, local_store, make_template_db
+
+
+@pytest.fixture(scope="session")
+def mlflow_template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty, migrated SQLite tracking store, built once per session and copied by `mlflow_store`."""
+    return make_template_db(tmp_path_factory.mktemp("mlflow-template") / "template.db")
+
+
+@pytest.fixture
+def mlflow_store(tmp_path: Path, mlflow_template_db: Path, monkeypatch: pytest.MonkeyPatch) -> LocalStore:
+    """A fresh SQLite tracking store in tmp_path (never the working tree's mlflow.db); its URI is explicit."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return local_store(tmp_path / "store", mlflow_template_db)

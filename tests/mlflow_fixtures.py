@@ -1,0 +1,410 @@
+"""Populate a real MLflow store exactly as ncflow training logs it (docs/tracking.md), for analysis tests.
+
+No torch and no `ncflow` import: these helpers write the documented contract directly through
+`MlflowClient`, so analysis tests (and `benchmarks/bench_analysis.py`) run on any machine.
+
+Typical use::
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    experiment_id = client.create_experiment("ncflow", artifact_location=(tmp_path / "art").as_uri())
+    nc1 = np.array([0.9, 0.2, 0.008, 0.004])        # T_NC = 3 at ε = 0.01 (depth 5, ReLU)
+    fn = np.array([5.0, 9.0, 1.1, 1.0])              # fn* = fn[T_NC - 1] = 1.1
+    run_id = log_fake_training_run(client, experiment_id, depth=5, seed=0, nc1_curve=nc1, fn_curve=fn,
+                                   phase1_epochs=2, sweep="depth")
+
+`start_mlflow_server` runs a real `mlflow server` on 127.0.0.1 for tests that need the REST path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+# Per-epoch metric keys in history.csv column order (docs/tracking.md "Per-epoch metrics").
+PER_EPOCH_METRICS: tuple[str, ...] = (
+    "train/loss", "train/acc", "test/acc", "lr", "phase", "nc/nc1", "nc/nc1_pinv", "nc/nc2",
+    "nc/nc2_equinorm", "nc/nc3", "nc/nc4", "nc/fn", "nc/ncc", "nc/flatness", "time/epoch_s",
+)
+EXTRA_THRESHOLDS: tuple[float, ...] = (0.01, 0.02, 0.05)
+
+# Every RunConfig field as the string training logs (ncflow/config.py), paper MNIST/MLP protocol.
+DEFAULT_PARAMS: dict[str, str] = {
+    "dataset": "mnist", "data_dir": "data", "arch": "mlp", "depth": "5", "width": "512", "activation": "relu",
+    "optimizer": "adam", "lr": "0.001", "momentum": "0.9", "nesterov": "false", "weight_decay": "0.0001",
+    "schedule": "cosine", "milestones": "300,450", "lr_gamma": "0.1", "batch_size": "128",
+    "phase1_epochs": "200", "phase2_epochs": "600", "protocol": "two-phase", "nc1_threshold": "auto",
+    "fn_ref": "none", "lead": "62", "seed": "0", "device": "auto", "init_from": "none", "rescale_alpha": "1.0",
+    "stop_after_collapse": "off", "checkpoint_every": "50", "synthetic_classes": "10", "synthetic_shape": "1x8x8",
+    "synthetic_per_class": "100", "experiment": "ncflow", "tracking_uri": "",
+}
+_NON_CONDITION = ("seed", "data_dir", "device", "checkpoint_every", "experiment", "tracking_uri")
+BATCH_LIMIT = 1000  # MLflow's maximum number of metrics in one log_batch call
+
+
+def condition_hash(params: Mapping[str, str]) -> str:
+    """12-hex hash of the scientific params without the seed, as `ncflow.config.condition_hash` computes it."""
+    condition = {k: v for k, v in params.items() if k not in _NON_CONDITION}
+    condition["init_from"] = "none" if params["init_from"] == "none" else "run"
+    if params["dataset"] != "synthetic":
+        for name in ("synthetic_classes", "synthetic_shape", "synthetic_per_class"):
+            condition.pop(name, None)
+    return hashlib.sha256(json.dumps(condition, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def run_name(params: Mapping[str, str]) -> str:
+    """`mlp5-relu-w512-wd1e-04-mnist-s0`, the naming rule of docs/tracking.md."""
+    if params["arch"] == "mlp":
+        model = f"mlp{params['depth']}-{params['activation']}-w{params['width']}"
+    else:
+        model = params["arch"]
+    parts = [model, f"wd{float(params['weight_decay']):.0e}", params["dataset"]]
+    if params["protocol"] != "two-phase":
+        parts.append(params["protocol"])
+    if params["init_from"] != "none":
+        parts.append(f"a{float(params['rescale_alpha']):g}")
+    parts.append(f"s{params['seed']}")
+    return "-".join(parts)
+
+
+def auto_threshold(params: Mapping[str, str]) -> float:
+    """ε of `nc1_threshold=auto`: 0.05 for GELU/Tanh or an MLP of depth ≤ 3, else 0.01."""
+    if params["nc1_threshold"] != "auto":
+        return float(params["nc1_threshold"])
+    shallow = params["arch"] == "mlp" and int(params["depth"]) <= 3
+    return 0.05 if params["activation"] in ("gelu", "tanh") or shallow else 0.01
+
+
+def first_epoch_below(curve: np.ndarray, level: float, epochs: np.ndarray) -> int | None:
+    """The first epoch whose value is < level, or None."""
+    hits = np.flatnonzero(curve < level)
+    return int(epochs[hits[0]]) if hits.size else None
+
+
+def nc1_trajectory(epochs: int, phase1_epochs: int, t_nc: int, threshold: float = 0.01) -> np.ndarray:
+    """A plausible NC1 curve: log-linear 1.0 → 0.2 over Phase 1, then log-linear down through ε at exactly t_nc.
+
+    Phase 2 follows 0.2·(ε/0.2)^((t − p1)/(t_nc − p1 − 0.5)), so NC1(t_nc − 1) > ε > NC1(t_nc);
+    it floors at ε/5.
+    """
+    t = np.arange(1, epochs + 1, dtype=float)
+    phase1 = np.exp(np.log(0.2) * t / max(phase1_epochs, 1))
+    progress = (t - phase1_epochs) / (t_nc - phase1_epochs - 0.5)
+    phase2 = np.maximum(0.2 * (threshold / 0.2) ** progress, threshold / 5)
+    return np.where(t <= phase1_epochs, phase1, phase2)
+
+
+def fn_trajectory(epochs: int, phase1_epochs: int, t_nc: int, fn_star: float, fn_peak: float = 16.2) -> np.ndarray:
+    """A plausible mean-feature-norm curve: rises 5 → fn_peak in Phase 1, decays through fn_star at t_nc."""
+    t = np.arange(1, epochs + 1, dtype=float)
+    phase1 = 5.0 + (fn_peak - 5.0) * t / max(phase1_epochs, 1)
+    floor = 0.9 * fn_star
+    rate = math.log((fn_peak - floor) / (fn_star - floor)) / max(t_nc - phase1_epochs, 1)
+    phase2 = floor + (fn_peak - floor) * np.exp(-rate * (t - phase1_epochs))
+    return np.where(t <= phase1_epochs, phase1, phase2)
+
+
+def history_columns(
+    nc1: np.ndarray, fn: np.ndarray, epochs: np.ndarray, phase1_epochs: int, lr: float
+) -> dict[str, np.ndarray]:
+    """Every per-epoch metric of docs/tracking.md for given NC1 and fn curves (others derived deterministically)."""
+    total = float(epochs[-1])
+    phase = np.where(epochs <= phase1_epochs, 1.0, 2.0)
+    return {
+        "train/loss": 0.5 * nc1 + 1e-3,
+        "train/acc": 1.0 - 0.1 * np.minimum(nc1, 1.0),
+        "test/acc": 0.98 - 0.05 * np.minimum(nc1, 1.0),
+        "lr": lr * 0.5 * (1.0 + np.cos(np.pi * epochs / total)),
+        "phase": phase,
+        "nc/nc1": nc1,
+        "nc/nc1_pinv": 0.9 * nc1,
+        "nc/nc2": 0.5 * np.sqrt(nc1),
+        "nc/nc2_equinorm": 0.1 * np.sqrt(nc1),
+        "nc/nc3": 0.3 * np.sqrt(nc1),
+        "nc/nc4": 0.05 * nc1,
+        "nc/fn": fn,
+        "nc/ncc": 20.0 * nc1,
+        "nc/flatness": 0.01 * fn,
+        "time/epoch_s": np.full(epochs.shape, 0.25),
+    }
+
+
+def history_csv(columns: Mapping[str, np.ndarray], epochs: np.ndarray) -> str:
+    """history.csv text: `epoch` then every per-epoch metric, one row per epoch, floats in repr form."""
+    lines = [",".join(("epoch", *columns))]
+    for row, epoch in enumerate(epochs):
+        lines.append(",".join((str(int(epoch)), *(repr(float(values[row])) for values in columns.values()))))
+    return "\n".join(lines) + "\n"
+
+
+def summary_metrics(nc1: np.ndarray, fn: np.ndarray, epochs: np.ndarray, threshold: float, fn_ref: float | None,
+                    lead: int, phase1_epochs: int) -> dict[str, float]:
+    """The step-0 `collapse/*` metrics training logs when known."""
+    summary = {"collapse/threshold": threshold}
+    for eps in EXTRA_THRESHOLDS:
+        t = first_epoch_below(nc1, eps, epochs)
+        if t is not None:
+            summary[f"collapse/eps_{eps:g}/T_NC"] = float(t)
+            summary[f"collapse/eps_{eps:g}/fn_star"] = float(fn[epochs == t][0])
+    t_nc = first_epoch_below(nc1, threshold, epochs)
+    if t_nc is not None:
+        summary["collapse/T_NC"] = float(t_nc)
+        summary["collapse/fn_star"] = float(fn[epochs == t_nc][0])
+    if fn_ref is not None:
+        summary["collapse/fn_ref"] = fn_ref
+        phase2 = epochs > phase1_epochs
+        t_cross = first_epoch_below(np.where(phase2, fn, np.inf), fn_ref, epochs)
+        if t_cross is not None:
+            summary["collapse/T_cross"] = float(t_cross)
+            summary["collapse/T_NC_pred"] = float(t_cross + lead)
+    return summary
+
+
+@dataclass(frozen=True)
+class FakeRun:
+    """Everything one training run logs: params, tags, name, per-epoch columns, summary metrics."""
+
+    params: dict[str, str]
+    tags: dict[str, str]
+    run_name: str
+    status: str  # the ncflow.status tag
+    epochs: np.ndarray  # global epochs (steps), 1-based
+    columns: dict[str, np.ndarray]  # per-epoch metric key -> values, in history.csv order
+    summary: dict[str, float]  # step-0 summary metrics
+
+    def epoch_metrics(self, start_ms: int) -> list[Metric]:
+        """Per-epoch metrics as MLflow entities (timestamp start_ms + 1 s per epoch)."""
+        return [
+            Metric(key, float(values[row]), start_ms + 1000 * int(epoch), int(epoch))
+            for row, epoch in enumerate(self.epochs)
+            for key, values in self.columns.items()
+        ]
+
+    def history_csv(self) -> str:
+        """The run's history.csv artifact text."""
+        return history_csv(self.columns, self.epochs)
+
+
+def make_fake_run(
+    *,
+    depth: int,
+    seed: int,
+    nc1_curve: Sequence[float],
+    fn_curve: Sequence[float],
+    status: str | None = None,
+    sweep: str | None = None,
+    phase1_epochs: int = 200,
+    start_epoch: int = 1,
+    params: Mapping[str, object] | None = None,
+    fn_ref: float | None = None,
+    parent_run_id: str | None = None,
+) -> FakeRun:
+    """Build (without logging) what a training run with these curves logs; see `log_fake_training_run`."""
+    nc1 = np.asarray(nc1_curve, dtype=float)
+    fn = np.asarray(fn_curve, dtype=float)
+    epochs = np.arange(start_epoch, start_epoch + nc1.size)
+    logged = dict(DEFAULT_PARAMS, depth=str(depth), seed=str(seed), phase1_epochs=str(phase1_epochs))
+    logged["phase2_epochs"] = str(int(epochs[-1]) - phase1_epochs)
+    logged.update({key: str(value) for key, value in (params or {}).items()})
+    if fn_ref is not None:
+        logged["fn_ref"] = repr(float(fn_ref))
+    threshold = auto_threshold(logged)
+    columns = history_columns(nc1, fn, epochs, phase1_epochs, float(logged["lr"]))
+    summary = summary_metrics(nc1, fn, epochs, threshold, fn_ref, int(logged["lead"]), phase1_epochs)
+    if status is None:
+        status = "collapsed" if "collapse/T_NC" in summary else "not_collapsed"
+    tags = {"ncflow.kind": "train", "ncflow.condition": condition_hash(logged), "ncflow.status": status,
+            "ncflow.git_commit": "0" * 40, "ncflow.version": "0.1.0"}
+    if sweep is not None:
+        tags["ncflow.sweep"] = sweep
+    if parent_run_id is not None:
+        tags["mlflow.parentRunId"] = parent_run_id
+    if status == "failed":
+        tags["ncflow.fail_reason"] = "RuntimeError: CUDA out of memory"
+    if status == "diverged":
+        tags["ncflow.divergence_reason"] = f"NC1 {nc1[-1]:.2f} > 0.5 after epoch 300"
+    return FakeRun(logged, tags, run_name(logged), status, epochs, columns, summary)
+
+
+def log_run(
+    client: MlflowClient,
+    experiment_id: str,
+    run: FakeRun,
+    *,
+    write_history_csv: bool = True,
+    log_epoch_metrics: bool = True,
+    start_time_ms: int | None = None,
+) -> str:
+    """Log a `FakeRun` through the MLflow client as training does; return the run id.
+
+    `log_epoch_metrics=False` skips the per-epoch metrics (a benchmark inserts them in bulk instead).
+    """
+    start_ms = int(time.time() * 1000) if start_time_ms is None else start_time_ms
+    created = client.create_run(experiment_id, start_time=start_ms, tags=run.tags, run_name=run.run_name)
+    run_id = created.info.run_id
+    summary = [Metric(key, value, start_ms, 0) for key, value in run.summary.items()]
+    client.log_batch(run_id, params=[Param(key, value) for key, value in run.params.items()], metrics=summary)
+    if log_epoch_metrics:
+        metrics = run.epoch_metrics(start_ms)
+        for begin in range(0, len(metrics), BATCH_LIMIT):
+            client.log_batch(run_id, metrics=metrics[begin:begin + BATCH_LIMIT])
+    if write_history_csv:
+        client.log_text(run_id, run.history_csv(), "history.csv")
+    if run.status != "running":
+        mlflow_status = "FAILED" if run.status == "failed" else "FINISHED"
+        client.set_terminated(run_id, mlflow_status, end_time=start_ms + 1000 * (int(run.epochs[-1]) + 1))
+    return run_id
+
+
+def log_fake_training_run(
+    client: MlflowClient,
+    experiment_id: str,
+    *,
+    depth: int,
+    seed: int,
+    nc1_curve: Sequence[float],
+    fn_curve: Sequence[float],
+    status: str | None = None,
+    sweep: str | None = None,
+    phase1_epochs: int = 200,
+    start_epoch: int = 1,
+    params: Mapping[str, object] | None = None,
+    fn_ref: float | None = None,
+    write_history_csv: bool = True,
+    parent_run_id: str | None = None,
+    start_time_ms: int | None = None,
+) -> str:
+    """Log one training run as ncflow does (docs/tracking.md); return its run id.
+
+    - params: every RunConfig field as a string (`DEFAULT_PARAMS`, then depth/seed/phase epochs, then `params`
+      overrides, e.g. `{"activation": "gelu", "weight_decay": "2e-4"}` — values are logged verbatim via `str`).
+    - per-epoch metrics (step = epoch, from `start_epoch`; an intervention run starts at phase1_epochs + 1),
+      derived from `nc1_curve` and `fn_curve` (see `history_columns`), logged with `log_batch` in chunks.
+    - summary metrics (step 0): threshold, T_NC/fn* at the run's ε and at 0.01/0.02/0.05, T_cross with `fn_ref`.
+    - tags: ncflow.kind=train, condition, sweep, status, git commit/version, and fail/divergence reasons.
+    - artifact `history.csv` unless `write_history_csv` is False (to exercise the metric-history fallback).
+    `status` defaults to `collapsed` if NC1 crosses ε else `not_collapsed`; `failed` ends the MLflow run FAILED,
+    `running` leaves it RUNNING (no end time), anything else ends it FINISHED.
+    """
+    run = make_fake_run(depth=depth, seed=seed, nc1_curve=nc1_curve, fn_curve=fn_curve, status=status, sweep=sweep,
+                        phase1_epochs=phase1_epochs, start_epoch=start_epoch, params=params, fn_ref=fn_ref,
+                        parent_run_id=parent_run_id)
+    return log_run(client, experiment_id, run, write_history_csv=write_history_csv, start_time_ms=start_time_ms)
+
+
+def log_sweep_parent(client: MlflowClient, experiment_id: str, sweep: str) -> str:
+    """A sweep parent run (`sweep-NAME`, tag ncflow.kind=sweep), FINISHED; return its run id."""
+    run = client.create_run(experiment_id, tags={"ncflow.kind": "sweep", "ncflow.sweep": sweep},
+                            run_name=f"sweep-{sweep}")
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+@dataclass(frozen=True)
+class LocalStore:
+    """A throwaway SQLite tracking store: its URI, a client, and a directory for experiment artifacts."""
+
+    uri: str
+    db_path: Path
+    artifact_root: Path
+    client: MlflowClient
+
+    def experiment(self, name: str = "ncflow") -> str:
+        """Create an experiment whose artifacts live under `artifact_root/name`; return its id."""
+        return self.client.create_experiment(name, artifact_location=(self.artifact_root / name).as_uri())
+
+
+def make_template_db(path: Path) -> Path:
+    """An empty SQLite store with MLflow's schema (migrations take ~8 s: build once, copy per test)."""
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def local_store(root: Path, template_db: Path | None = None) -> LocalStore:
+    """A SQLite store under root (a copy of template_db when given, else migrated from scratch)."""
+    root.mkdir(parents=True, exist_ok=True)
+    db_path = root / "mlflow.db"
+    if template_db is not None:
+        shutil.copyfile(template_db, db_path)
+    uri = f"sqlite:///{db_path}"
+    return LocalStore(uri, db_path, root / "artifacts", MlflowClient(tracking_uri=uri))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with {process.returncode}: {log_path.read_text()[-2000:]}")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"{url}/health", timeout=1) as response:
+                if response.status == 200:
+                    return
+        time.sleep(0.1)
+    raise RuntimeError(f"mlflow server at {url} not healthy after {timeout_s:.0f} s: {log_path.read_text()[-2000:]}")
+
+
+@contextlib.contextmanager
+def start_mlflow_server(root: Path, workers: int = 2, timeout_s: float = 90.0,
+                        template_db: Path | None = None) -> Iterator[str]:
+    """Run `mlflow server` on 127.0.0.1 (free port; SQLite backend `root/server.db`, a copy of template_db when
+    given; proxied artifacts under `root/artifacts`).
+
+    Yields the tracking URI `http://127.0.0.1:PORT` once `/health` answers; stops the server on exit.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    if template_db is not None:
+        shutil.copyfile(template_db, root / "server.db")
+    port = free_port()
+    log_path = root / "server.log"
+    command = [
+        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+        "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+        "--workers", str(workers),
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no background job workers: faster start, fewer processes
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                   start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, process, log_path, timeout_s)
+        yield url
+    finally:
+        _stop(process)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Terminate the server's process group (uvicorn workers included) and reap it."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, 15)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, 9)
+        process.wait(timeout=5)

@@ -1,0 +1,120 @@
+"""`ncflow-analysis` against a real `mlflow server` on 127.0.0.1 (SQLite backend, proxied artifacts in a temp dir)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from analysis import store
+from analysis.cli import main
+from tests import mlflow_fixtures as fx
+
+EPOCHS, PHASE1 = 10, 3
+# depth → per-seed (T_NC, fn*). Depth 2: ε = 0.05; T_NC 5, 6, 7 → mean 6; fn* 1.2, 1.3, 1.4 → mean 1.3.
+# Depth 5: ε = 0.01; T_NC 8, 8, 9 → mean 8.333…; fn* 1.0, 1.1, 1.2 → mean 1.1.
+SWEEP = {2: [(5, 1.2), (6, 1.3), (7, 1.4)], 5: [(8, 1.0), (8, 1.1), (9, 1.2)]}
+
+
+def curves(t_nc: int, fn_star: float) -> tuple[np.ndarray, np.ndarray]:
+    """NC1 0.5 before epoch t_nc and 0.005 from it on; fn 10 before, fn* at t_nc, 0.99·fn* after."""
+    epochs = np.arange(1, EPOCHS + 1)
+    nc1 = np.where(epochs < t_nc, 0.5, 0.005)
+    fn = np.where(epochs < t_nc, 10.0, np.where(epochs == t_nc, fn_star, 0.99 * fn_star))
+    return nc1, fn
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, mlflow_template_db: Path) -> Iterator[dict[str, object]]:
+    """A running server holding the depth sweep above (the depth-5 seed-2 run without history.csv)."""
+    root = tmp_path_factory.mktemp("server")
+    with fx.start_mlflow_server(root, workers=1, template_db=mlflow_template_db) as uri:
+        client = MlflowClient(tracking_uri=uri)
+        experiment_id = client.create_experiment("ncflow")
+        parent = fx.log_sweep_parent(client, experiment_id, "depth")
+        for depth, seeds in SWEEP.items():
+            for seed, (t_nc, fn_star) in enumerate(seeds):
+                nc1, fn = curves(t_nc, fn_star)
+                fx.log_fake_training_run(client, experiment_id, depth=depth, seed=seed, nc1_curve=nc1, fn_curve=fn,
+                                         phase1_epochs=PHASE1, sweep="depth", parent_run_id=parent,
+                                         write_history_csv=(depth, seed) != (5, 2))
+        yield {"uri": uri, "client": client, "experiment_id": experiment_id}
+
+
+def invoke(*args: str) -> object:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_report_writes_tables_figures_and_logs_itself(server, tmp_path):
+    out, cache = tmp_path / "report", tmp_path / "cache"
+    result = invoke("report", "--tracking-uri", server["uri"], "--out", str(out), "--cache-dir", str(cache),
+                    "--no-progress", "--figure-format", "png", "--log")
+    assert result.exit_code == 0, result.output
+    assert "from 6 runs" in result.output and "logged as MLflow run" in result.output
+
+    table = pd.read_csv(out / "tables" / "table2_depth.csv").set_index("depth")
+    assert table.loc[2, "n"] == 3 and table.loc[5, "n"] == 3
+    assert table.loc[2, "T_NC_mean"] == 6.0 and table.loc[2, "fn_star_mean"] == pytest.approx(1.3)
+    assert table.loc[5, "T_NC_mean"] == pytest.approx(25 / 3) and table.loc[5, "fn_star_mean"] == pytest.approx(1.1)
+    for fmt in ("md", "csv", "tex"):
+        assert (out / "tables" / f"table2_depth.{fmt}").stat().st_size > 0
+    pngs = sorted((out / "figures").glob("*.png"))
+    assert pngs and not list((out / "figures").glob("*.pdf"))
+    report = (out / "report.md").read_text()
+    assert "experiment 'ncflow'" in report and server["uri"] in report and "6 runs (6 collapsed)" in report
+    assert "(tables/table2_depth.csv)" in report and "| 2 | 3 | 3/3 |" in report  # Depth | N | Collapsed
+    assert all(f"(figures/{png.name})" in report for png in pngs)
+    assert len(list(cache.glob("*.npz"))) == 6  # one cached history per finished run
+
+    analysis = store.load_runs(server["uri"], kind="analysis")
+    assert len(analysis) == 1 and analysis.loc[0, "run_name"].startswith("analysis-all-")
+    logged = {f.path for f in server["client"].list_artifacts(analysis.loc[0, "run_id"])}
+    assert {"report.md", "tables", "figures"} <= logged
+    # The analysis run is not a training run: the next report still reads 6 runs.
+    assert len(store.load_runs(server["uri"])) == 6
+
+
+def test_tables_command_writes_only_the_chosen_formats(server, tmp_path):
+    result = invoke("tables", "--tracking-uri", server["uri"], "--sweep", "depth", "--out", str(tmp_path),
+                    "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--format", "md,csv")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "table2_depth.md").exists() and not list(tmp_path.glob("*.tex"))
+    assert str(tmp_path / "table2_depth.csv") in result.output
+
+
+def test_runs_command_lists_name_status_t_nc_and_fn_star(server):
+    result = invoke("runs", "--tracking-uri", server["uri"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    row = next(line for line in lines if line.startswith("mlp2-relu-w512-wd1e-04-mnist-s1")).split()
+    assert row == ["mlp2-relu-w512-wd1e-04-mnist-s1", "depth", "collapsed", "6", "1.300", "0.0050"]
+    assert lines[-1] == "6 runs: 6 collapsed"
+
+
+def test_errors_are_one_line_and_say_what_was_searched(server, monkeypatch):
+    result = invoke("runs", "--tracking-uri", server["uri"], "--sweep", "width")
+    assert result.exit_code == 1
+    assert result.output == f"Error: no runs found in experiment 'ncflow', sweep 'width' at {server['uri']}\n"
+
+    result = invoke("runs", "--tracking-uri", server["uri"], "--experiment", "nope")
+    assert result.output == f"Error: no experiment named 'nope' in the tracking store at {server['uri']}\n"
+
+    port = fx.free_port()
+    result = invoke("report", "--tracking-uri", f"http://127.0.0.1:{port}")
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert result.output.startswith(f"Error: cannot reach the MLflow tracking server at http://127.0.0.1:{port}")
+
+    result = invoke("runs", "--tracking-uri", "foo://bar")
+    assert result.exit_code == 1 and result.output.startswith("Error: bad tracking URI 'foo://bar': not a store")
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server["uri"])  # the default URI comes from the environment
+    result = invoke("runs", "--sweep", "width")
+    assert server["uri"] in result.output
+
+    result = invoke("tables", "--tracking-uri", server["uri"], "--format", "md,docx")
+    assert result.exit_code == 2 and "'docx' not in md,csv,tex" in result.output
