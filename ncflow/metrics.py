@@ -32,7 +32,8 @@ _UNDEFINED_WITHOUT_SPREAD = frozenset({"nc1", "nc1_pinv", "nc2", "nc2_equinorm",
 
 
 class NonFiniteFeaturesError(ValueError):
-    """The features hold NaN or inf — a diverged model; a training loop can catch this to record divergence."""
+    """The features, weight or bias hold NaN or inf — a diverged model; a training loop catches this to record
+    divergence."""
 
 
 @dataclass(frozen=True)
@@ -91,8 +92,8 @@ def collapse_metrics(
 
     Raises:
         ValueError: mismatched shapes, K < 2, non-integer or out-of-range labels, a class in range(K) with no
-            samples (the message names the class), or non-finite weight or bias.
-        NonFiniteFeaturesError: (a ValueError) the features hold NaN or inf.
+            samples (the message names the class).
+        NonFiniteFeaturesError: (a ValueError) the features, weight or bias hold NaN or inf.
 
     Edge cases: d < K is fine (Σ_B⁺ has rank ≤ d). A one-sample class has V_c = 0. If all class means coincide
     (e.g. all features equal, so Tr Σ_B = 0), nc1, nc1_pinv, nc2, nc2_equinorm, nc3 and ncc are nan; two
@@ -143,7 +144,7 @@ def _check_inputs(
     if bias is not None and bias.shape != (num_classes,):
         raise ValueError(f"bias: expected shape ({num_classes},), got {tuple(bias.shape)}")
     if not bool(torch.isfinite(weight).all()) or (bias is not None and not bool(torch.isfinite(bias).all())):
-        raise ValueError("weight or bias contains non-finite values (NaN or inf)")
+        raise NonFiniteFeaturesError("weight or bias contains non-finite values (NaN or inf)")
 
 
 def _class_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -8,6 +8,7 @@ the full training set that gives every collapse metric, then one asynchronous ML
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -21,7 +22,7 @@ from ncflow import tracking
 from ncflow.collapse import CollapseDetector, resolve_threshold
 from ncflow.config import ConfigError, RunConfig
 from ncflow.data import InMemoryData, batch_indices, load_dataset
-from ncflow.metrics import collapse_metrics
+from ncflow.metrics import METRIC_NAMES, NonFiniteFeaturesError, collapse_metrics
 from ncflow.models import build_model, predict_in_chunks, rescale_final_hidden
 
 # Fields of a Phase-1 checkpoint's configuration that an intervention run must share with it.
@@ -183,7 +184,10 @@ def measure_epoch(setup: Setup) -> dict[str, float]:
     data, model = setup.data, setup.model
     logits, features = predict_in_chunks(model, data.train_x)
     head = model.head
-    metrics = collapse_metrics(features, data.train_y, head.weight.detach(), head.bias.detach(), data.num_classes)
+    try:
+        metrics = collapse_metrics(features, data.train_y, head.weight.detach(), head.bias.detach(), data.num_classes)
+    except NonFiniteFeaturesError:  # the weights blew up: record NaNs, and the detector calls it divergence
+        metrics = dict.fromkeys(METRIC_NAMES, math.nan)
     train_acc = (logits.argmax(dim=1) == data.train_y).double().mean()
     test_logits, _ = predict_in_chunks(model, data.test_x)
     test_acc = (test_logits.argmax(dim=1) == data.test_y).double().mean()

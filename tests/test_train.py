@@ -124,3 +124,14 @@ def test_bad_init_from_creates_no_run(store):
         training.train(small_config(store, init_from="deadbeef"), progress=False)
     assert len(client.search_runs([experiment_id], max_results=1000)) == before
 
+
+
+def test_blow_up_is_recorded_as_divergence_not_a_crash(store):
+    config = small_config(store, optimizer="sgd", lr="1e6", momentum="0.0", seed="3")
+    result = training.train(config, progress=False)
+    assert result.status == "diverged"
+    run = MlflowClient(store).get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["ncflow.status"] == "diverged"
+    assert run.data.tags["ncflow.divergence_reason"].startswith("non-finite")
+    assert len(result.history) < 6  # training stops at the divergence
