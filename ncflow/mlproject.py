@@ -44,14 +44,20 @@ def mlproject() -> dict[str, Any]:
         parameters = project_parameters(RunConfig(**overrides))
         entry_points[name] = {"parameters": parameters, "command": train_command(parameters)}
     entry_points["sweep"] = {
+        # MLproject cannot repeat an option: `set` takes several k=v joined by commas ("phase1_epochs=3,width=64");
+        # `none` leaves the sweep's own data set, seeds and settings; `default` is the local journal storage.
         "parameters": {
             "name": {"type": "string", "default": "depth"},
             "workers": {"type": "float", "default": "1"},
-            "dataset": {"type": "string", "default": "mnist-5k"},
-            "seeds": {"type": "string", "default": "0,1,2"},
+            "dataset": {"type": "string", "default": "none"},
+            "seeds": {"type": "string", "default": "none"},
             "set": {"type": "string", "default": "none"},
+            "storage": {"type": "string", "default": "default"},
         },
-        "command": "python -m ncflow.cli sweep {name} --workers {workers} --dataset {dataset} --seeds {seeds} --set-list {set}",
+        "command": (
+            "python -m ncflow.cli sweep {name} --workers {workers} --dataset {dataset} --seeds {seeds} "
+            "--set {set} --storage {storage}"
+        ),
     }
     entry_points["analyze"] = {
         "parameters": {

@@ -1,0 +1,304 @@
+"""`ncflow sweep`: the paper's grids, exactly-once training across workers, kills and relaunches, PostgreSQL,
+the intervention chain. Real CLI, real MLflow (a temp SQLite store per test), real Optuna storages, real training
+on a tiny synthetic data set (3 classes of 10 1×4×4 samples, width 16)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from click.testing import CliRunner
+
+from ncflow import sweep_workers as sw
+from ncflow import sweeps
+from ncflow.cli import main
+from tests.mlflow_fixtures import LocalStore
+from tests.postgres_server import PostgresUnavailable, start_postgres
+
+TINY = "synthetic_shape=1x4x4,synthetic_per_class=10,synthetic_classes=3,width=16,checkpoint_every=1000"
+FAST = f"{TINY},phase1_epochs=1,phase2_epochs=1"
+SLOW = f"{TINY},phase1_epochs=1,phase2_epochs=60"  # long enough (a few seconds) to be killed mid-run
+PAPER_COUNTS = {"depth": 12, "activation": 10, "weight-decay": 12, "width": 12, "grid": 12, "intervention": 12, "protocol": 6}
+
+
+@pytest.fixture
+def store(mlflow_store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LocalStore:
+    """A fresh SQLite tracking store with experiment `ncflow`; the working directory is the test's temp dir."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    mlflow_store.experiment("ncflow")
+    return mlflow_store
+
+
+def sweep_cli(store: LocalStore, *args: str) -> list[str]:
+    return ["sweep", *args, "--tracking-uri", store.uri, "--quiet"]
+
+
+def invoke(store: LocalStore, *args: str, expect: int = 0) -> str:
+    result = CliRunner().invoke(main, sweep_cli(store, *args))
+    assert result.exit_code == expect, result.output
+    return result.output
+
+
+def training_runs(store: LocalStore) -> list:
+    experiment = store.client.get_experiment_by_name("ncflow")
+    runs = store.client.search_runs([experiment.experiment_id], max_results=1000)
+    return [r for r in runs if r.data.tags.get("ncflow.kind") == "train"]
+
+
+def parent_of(store: LocalStore, name: str):
+    experiment = store.client.get_experiment_by_name("ncflow")
+    (parent,) = store.client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`ncflow.kind` = 'sweep' and tags.`ncflow.sweep` = '{name}'"
+    )
+    return parent
+
+
+def finished_per_point(store: LocalStore) -> Counter:
+    return Counter(
+        (r.data.tags["ncflow.condition"], r.data.params["seed"]) for r in training_runs(store) if r.info.status == "FINISHED"
+    )
+
+
+def assert_exactly_once(store: LocalStore, name: str, points: int) -> None:
+    """Every point of the sweep has exactly one FINISHED child run under the sweep's parent."""
+    parent = parent_of(store, name)
+    finished = finished_per_point(store)
+    assert len(finished) == points and set(finished.values()) == {1}, finished
+    children = [r for r in training_runs(store) if r.info.status == "FINISHED"]
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
+    assert all(r.data.tags["ncflow.sweep"] == name for r in children)
+
+
+# ---------------------------------------------------------------- definitions, overrides, dry run
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_COUNTS))
+def test_dry_run_lists_the_papers_grids(store: LocalStore, name: str):
+    output = invoke(store, name, "--dry-run")
+    rows = [line.split() for line in output.splitlines() if line.startswith(("main ", "phase1 "))]
+    assert len(rows) == PAPER_COUNTS[name]
+    assert f"{PAPER_COUNTS[name]} points: 0 done, 0 running, 0 failed, {PAPER_COUNTS[name]} to do" in output
+    assert all(row[-1] != "done" for row in rows) and not training_runs(store)
+    if name == "activation":  # GELU has 4 seeds, ReLU and Tanh 3
+        assert Counter(row[1] for row in rows) == {"activation=relu": 3, "activation=gelu": 4, "activation=tanh": 3}
+    if name == "intervention":  # 3 Phase-1 runs, then α ∈ {1.0, 0.3, 3.0} × 3 seeds
+        assert sum(row[0] == "phase1" for row in rows) == 3
+        assert Counter(row[1] for row in rows if row[0] == "main") == {
+            "rescale_alpha=1.0": 3, "rescale_alpha=0.3": 3, "rescale_alpha=3.0": 3}
+
+
+def test_grid_points_use_each_architectures_preset():
+    points = sweeps.resolve_points(sweeps.NAMED_SWEEPS["grid"], {})
+    by_arch = {(p.config.arch, p.config.dataset): p.config for p in points if p.seed == 0}
+    assert set(by_arch) == {("mlp", "mnist"), ("mlp", "cifar10"), ("resnet20", "mnist"), ("resnet20", "cifar10")}
+    assert by_arch[("mlp", "cifar10")].optimizer == "adam" and by_arch[("mlp", "cifar10")].depth == 5
+    resnet = by_arch[("resnet20", "mnist")]
+    assert (resnet.optimizer, resnet.lr, resnet.nesterov, resnet.weight_decay, resnet.schedule) == ("sgd", 0.1, True, 1e-3, "multistep")
+
+
+def test_overrides_pin_fields_and_a_pinned_dim_stops_varying():
+    # `milestones=300,450` keeps its comma; `dataset` pins the grid sweep's dataset dim: 2 presets × 2 seeds.
+    overrides = sweeps.parse_settings(["phase1_epochs=3,milestones=300,450", "width=64"])
+    assert overrides == {"phase1_epochs": 3, "milestones": (300, 450), "width": 64}
+    grid = sweeps.with_seeds(sweeps.NAMED_SWEEPS["grid"], sweeps.parse_seeds("0,1"))
+    points = sweeps.resolve_points(grid, {**overrides, "dataset": "mnist-5k"})
+    assert len(points) == 4 and {p.config.dataset for p in points} == {"mnist-5k"}
+    assert {p.config.phase1_epochs for p in points} == {3}
+
+
+def test_spec_file_defines_a_user_sweep(store: LocalStore, tmp_path: Path):
+    spec = tmp_path / "mine.yaml"
+    spec.write_text("name: mine\npreset: paper-mnist-mlp\nfixed: {width: 64}\ngrid: {depth: [2, 4], activation: [relu, tanh]}\nseeds: [0, 1]\n")
+    output = invoke(store, "--spec", str(spec), "--dry-run")
+    assert "8 points: 0 done, 0 running, 0 failed, 8 to do" in output  # 2 depths × 2 activations × 2 seeds
+    assert "ncflow-mine" in output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["depth", "--set", "colour=red"], "unknown parameter 'colour'"),
+        (["depth", "--set", "rescale_alpha=2"], "rescale_alpha: only applies with init_from"),
+        (["depth", "--seeds", "0,x"], "--seeds: expected comma-separated integers"),
+        (["nosuch"], "unknown sweep 'nosuch'"),
+        (["depth", "--storage", "mysql://db/optuna"], "storage: mysql:// is not supported"),
+    ],
+)
+def test_bad_input_is_one_line_and_starts_nothing(store: LocalStore, args: list[str], message: str):
+    output = invoke(store, *args, expect=2)
+    error_lines = [line for line in output.splitlines() if line.startswith("Error:")]
+    assert len(error_lines) == 1 and message in error_lines[0], output
+    assert not training_runs(store) and not Path("optuna.journal").exists()
+
+
+def test_storage_urls_and_objective_value():
+    assert sw.storage_url("postgresql://u@h:5/db") == "postgresql+psycopg2://u@h:5/db"
+    assert sw.storage_url(None) == str(Path(sw.DEFAULT_STORAGE).resolve())
+    assert sw.objective_value("collapsed", 7, 10) == 7.0
+    assert sw.objective_value("not_collapsed", None, 10) == 11.0  # censored: total epochs + 1
+
+
+# ---------------------------------------------------------------- exactly once: default storage, kills, PostgreSQL
+
+
+def test_two_workers_train_each_point_once_and_a_rerun_trains_nothing(store: LocalStore):
+    args = ("depth", "--workers", "2", "--seeds", "0", "--dataset", "synthetic", "--set", FAST)
+    output = invoke(store, *args)
+    assert "4 points: 4 done" in output and Path("optuna.journal").exists()  # the default storage
+    assert_exactly_once(store, "depth", 4)
+    study = optuna.load_study(study_name="ncflow-depth", storage=sw.open_storage(sw.storage_url(None)))
+    trials = study.get_trials()
+    assert len(trials) == 4 and {t.state for t in trials} == {optuna.trial.TrialState.COMPLETE}
+    runs = {r.info.run_id: r for r in training_runs(store)}
+    for trial in trials:  # user attrs: the MLflow run, its status; value = T_NC or total epochs + 1
+        run = runs[trial.user_attrs["mlflow_run_id"]]
+        assert run.data.params["depth"] == str(trial.params["depth"]) and run.data.params["seed"] == str(trial.params["seed"])
+        assert trial.user_attrs["status"] == run.data.tags["ncflow.status"]
+        assert trial.value == run.data.metrics.get("collapse/T_NC", 3.0)
+    parent = parent_of(store, "depth")
+    assert parent.data.metrics["sweep/done"] == 4 and parent.data.metrics["sweep/remaining"] == 0
+    summary = store.client.download_artifacts(parent.info.run_id, "sweep_summary.csv", str(store.db_path.parent))
+    assert len(Path(summary).read_text().splitlines()) == 1 + 4
+
+    output = invoke(store, *args)  # the second invocation finds everything done
+    assert "4 points: 4 done" in output
+    assert len(training_runs(store)) == 4 and len(study.get_trials()) == 4
+    assert parent_of(store, "depth").info.run_id == parent.info.run_id  # the parent run is reused
+
+
+class SweepProcess:
+    """`ncflow sweep` running in the background: a subprocess (killable as a group), or this process (a thread)."""
+
+    def __init__(self, store: LocalStore, args: tuple[str, ...], subprocess_parent: bool) -> None:
+        self.process: subprocess.Popen | None = None
+        self.result = None
+        if subprocess_parent:
+            command = [sys.executable, "-m", "ncflow.cli", *sweep_cli(store, *args)]
+            self.process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        else:
+            self.thread = threading.Thread(target=self._invoke, args=(store, args), daemon=True)
+            self.thread.start()
+
+    def _invoke(self, store: LocalStore, args: tuple[str, ...]) -> None:
+        self.result = CliRunner().invoke(main, sweep_cli(store, *args))
+
+    def running(self) -> bool:
+        return self.process.poll() is None if self.process else self.thread.is_alive()
+
+    def wait(self, timeout_s: float) -> tuple[int, str]:
+        """Exit code and error output."""
+        if self.process:
+            code = self.process.wait(timeout=timeout_s)
+            return code, self.process.stderr.read()
+        self.thread.join(timeout_s)
+        assert not self.thread.is_alive(), "the sweep did not end in time"
+        return self.result.exit_code, self.result.output
+
+
+def wait_for_running_trial(storage_url: str, store: LocalStore, sweep: SweepProcess, timeout_s: float = 120.0) -> int:
+    """The pid of a worker that is training a point right now (its MLflow run exists and is RUNNING)."""
+    deadline = time.monotonic() + timeout_s
+    storage = None
+    while time.monotonic() < deadline:
+        assert sweep.running(), sweep.wait(1)
+        running = {r.data.tags.get("ncflow.trial") for r in training_runs(store) if r.info.status == "RUNNING"}
+        if storage is None and (sw.storage_kind(storage_url) != "journal" or Path(storage_url).exists()):
+            storage = sw.open_storage(storage_url)
+        for trial in sw.study_trials(storage, "ncflow-depth") if storage else []:
+            owner = trial.user_attrs.get(sw.ATTR_OWNER)
+            if trial.state == optuna.trial.TrialState.RUNNING and owner and f"ncflow-depth#{trial.number}" in running:
+                return int(owner["pid"])
+        time.sleep(0.2)
+    raise AssertionError("no worker started training in time")
+
+
+def kill_relaunch_and_check(store: LocalStore, storage: str, kill: str) -> None:
+    """Kill mid-sweep (one worker, or the whole sweep), relaunch, and check exactly the missing points train.
+
+    Two points (depth pinned to 2, seeds 0 and 1), one per worker: the kill lands while both train.
+    """
+    args = ("depth", "--workers", "2", "--seeds", "0,1", "--dataset", "synthetic", "--set", f"{SLOW},depth=2", "--storage", storage)
+    storage_url = sw.storage_url(storage)
+    sweep = SweepProcess(store, args, subprocess_parent=kill == "group")
+    pid = wait_for_running_trial(storage_url, store, sweep)
+    if kill == "group":
+        os.killpg(sweep.process.pid, signal.SIGKILL)  # parent and both workers: nobody cleans up
+        sweep.wait(30)
+    else:
+        os.kill(pid, getattr(signal, kill))
+        code, output = sweep.wait(240)
+        assert code == 1, output  # the parent reports the unfinished point
+    before = finished_per_point(store)
+    unfinished = [r for r in training_runs(store) if r.info.status != "FINISHED"]
+    assert len(before) < 2 and unfinished
+    if kill != "group":  # the parent failed the trial and ended the run; SIGTERM let train end it itself
+        assert all(r.info.status in ("KILLED", "FAILED") for r in unfinished)
+        reasons = {r.data.tags.get("ncflow.fail_reason", "") for r in unfinished}
+        assert reasons == ({"interrupted"} if kill == "SIGTERM" else {sw.STALE_REASON})
+    runs_before = {r.info.run_id for r in training_runs(store)}
+
+    output = invoke(store, *args)  # relaunch
+    assert "2 points: 2 done" in output
+    assert_exactly_once(store, "depth", 2)
+    new_runs = [r for r in training_runs(store) if r.info.run_id not in runs_before]
+    assert len(new_runs) == 2 - len(before)  # exactly the missing points were trained
+    assert all(r.info.status in ("KILLED", "FAILED") for r in training_runs(store) if r.info.status != "FINISHED")
+
+
+@pytest.mark.parametrize("kill", ["SIGTERM", "SIGKILL"])
+def test_a_killed_worker_and_a_relaunch_complete_exactly_the_missing_points(store: LocalStore, kill: str):
+    kill_relaunch_and_check(store, "optuna.journal", kill)
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    try:
+        with start_postgres() as url:
+            yield url
+    except PostgresUnavailable as error:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set and PostgreSQL could not start: {error}")
+        pytest.skip(f"PostgreSQL could not start: {error}")
+
+
+def test_postgresql_storage_two_workers_killed_sweep_resumes_exactly_once(store: LocalStore, postgres_url: str):
+    assert postgres_url.startswith("postgresql://")  # the bare scheme: ncflow maps it to psycopg2
+    kill_relaunch_and_check(store, postgres_url, "group")
+    runs = len(training_runs(store))
+    invoke(store, "depth", "--workers", "2", "--seeds", "0,1", "--dataset", "synthetic", "--set", f"{SLOW},depth=2", "--storage", postgres_url)
+    assert len(training_runs(store)) == runs  # a third invocation trains nothing
+    assert_exactly_once(store, "depth", 2)
+
+
+# ---------------------------------------------------------------- the intervention chain
+
+
+def test_intervention_links_every_alpha_run_to_its_phase1_run(store: LocalStore, monkeypatch: pytest.MonkeyPatch):
+    # As under `mlflow run . -e sweep`: MLFLOW_RUN_ID is the parent; no worker may adopt it as its own run.
+    outer = store.client.create_run(store.client.get_experiment_by_name("ncflow").experiment_id).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", outer)
+    output = invoke(store, "intervention", "--workers", "2", "--seeds", "0,1", "--dataset", "synthetic", "--set", f"{TINY},phase1_epochs=2,phase2_epochs=1")
+    assert "8 points: 8 done" in output
+    runs = training_runs(store)
+    phase1 = {r.data.params["seed"]: r for r in runs if r.data.params["init_from"] == "none"}
+    alphas = [r for r in runs if r.data.params["init_from"] != "none"]
+    assert sorted(phase1) == ["0", "1"] and len(alphas) == 6
+    for run in alphas:
+        source = phase1[run.data.params["seed"]]
+        assert run.data.params["init_from"] == source.info.run_id
+        assert "checkpoints/phase1_end.pt" in {a.path for a in store.client.list_artifacts(source.info.run_id, "checkpoints")}
+    assert Counter((r.data.params["seed"], float(r.data.params["rescale_alpha"])) for r in alphas) == {
+        (seed, alpha): 1 for seed in ("0", "1") for alpha in (1.0, 0.3, 3.0)}
+    parent = store.client.get_run(outer)
+    assert parent.data.tags["ncflow.kind"] == "sweep" and parent.data.tags["ncflow.sweep"] == "intervention"
+    assert "seed" not in parent.data.params  # no training run adopted MLFLOW_RUN_ID
+    assert all(r.data.tags["mlflow.parentRunId"] == outer and r.info.run_id != outer for r in runs)
