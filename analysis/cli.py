@@ -6,9 +6,11 @@
     ncflow-analysis report  --out report --log
 
 Every command reads the runs once (`analysis.store`), histories through the local cache. `report` writes
-`tables/`, `figures/` and `report.md` (linking both) under `--out`; `--log` records the report as an MLflow run
-`analysis-…` (tag ncflow.kind=analysis) in the same experiment, with the output directory as its artifacts.
-Never imports torch.
+`tables/`, `figures/` and `report.md` (linking both) under `--out`, and a manifest (`.ncflow-report.json`: a
+digest of its inputs and the files it wrote); a repeated `report` over an unchanged store finds the manifest
+matching and the files in place, and rewrites nothing (`--force` rebuilds). `--log` records the report as an
+MLflow run `analysis-…` (tag ncflow.kind=analysis) in the same experiment, with the output directory as its
+artifacts. Never imports torch.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
+import hashlib
+import importlib.metadata
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -29,6 +34,9 @@ from analysis import store
 
 TABLE_FORMATS = ("md", "csv", "tex")
 FIGURE_FORMATS = ("png", "pdf")
+MANIFEST = ".ncflow-report.json"  # in the report's output directory
+MANIFEST_VERSION = 1  # bump when the manifest's meaning changes
+LIBRARIES = ("matplotlib", "mlflow", "numpy", "pandas", "scipy")  # whose versions a report depends on
 
 
 @dataclass(frozen=True)
@@ -169,6 +177,18 @@ def report_markdown(source: Source, runs: pd.DataFrame, tables: dict[str, tuple[
     return "\n".join(lines)
 
 
+def write_report(source: Source, runs: pd.DataFrame, out_dir: Path, table_formats: Sequence[str],
+                 figure_formats: Sequence[str]) -> tuple[dict[str, tuple[Any, list[Path]]], list[Path]]:
+    """Histories, then every table and figure, then report.md, under out_dir: (tables written, figure paths)."""
+    histories = store.load_histories(runs, source.tracking_uri, cache_dir=source.cache_dir, progress=source.progress)
+    written = write_tables(runs, histories, out_dir / "tables", table_formats)
+    figure_paths = write_figures(runs, histories, out_dir / "figures", figure_formats)
+    markdown = report_markdown(source, runs, written, figure_paths, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.md").write_text(markdown, encoding="utf-8")
+    return written, figure_paths
+
+
 def log_report(source: Source, out_dir: Path, n_runs: int) -> str:
     """Record the report as an MLflow run `analysis-…` (tag ncflow.kind=analysis) with out_dir as artifacts."""
     client, _ = store.make_client(source.tracking_uri)
@@ -184,6 +204,71 @@ def log_report(source: Source, out_dir: Path, n_runs: int) -> str:
         raise
     client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
+
+
+# ----------------------------------------------------------------------------------------- manifest
+
+
+def analysis_version() -> str:
+    """A digest of the analysis package's source: any edit to a table or figure invalidates old reports."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def report_key(source: Source, runs: pd.DataFrame, table_formats: Sequence[str],
+               figure_formats: Sequence[str]) -> str | None:
+    """The digest of everything a report is a function of, or None when a run may still change.
+
+    Run ids and end times (a run's history is fixed once it has ended, as in the history cache), the whole runs
+    frame (a later tag or summary metric changes it), the source, the formats, the analysis source and the
+    library versions. A run that has not ended (RUNNING, no end time) is live: no key, always rebuild.
+    """
+    ended = runs["mlflow_status"].isin(store.ENDED_STATUSES) & runs["end_time"].notna()
+    if not ended.all():
+        return None
+    payload = {
+        "manifest": MANIFEST_VERSION, "analysis": analysis_version(),
+        "libraries": {name: _version(name) for name in LIBRARIES},
+        "source": [source.uri, source.experiment, source.sweep],
+        "tables": list(table_formats), "figures": list(figure_formats),
+        "runs": [[str(run_id), int(end)] for run_id, end in zip(runs["run_id"], runs["end_time"])],
+        "frame": hashlib.sha256(runs.to_json(orient="split", double_precision=15,
+                                             default_handler=str).encode()).hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "-"
+
+
+def reusable(out_dir: Path, key: str | None) -> dict[str, Any] | None:
+    """The manifest in out_dir when it was written for `key` and every file it lists is there, same size."""
+    if key is None:
+        return None
+    try:
+        manifest = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
+        files = manifest["files"]
+        if manifest.get("key") != key or not files:
+            return None
+        if all((out_dir / name).stat().st_size == size for name, size in files.items()):
+            return manifest
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return None
+
+
+def write_manifest(out_dir: Path, key: str, n_runs: int, n_tables: int, paths: Sequence[Path]) -> None:
+    """Record the report's key and files (relative path → size); written last, so it vouches for them all."""
+    files = {_link(path, out_dir): path.stat().st_size for path in paths}
+    manifest = {"key": key, "runs": n_runs, "tables": n_tables,
+                "figure_files": sum(1 for name in files if name.startswith("figures/")), "files": files}
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------------------- commands
@@ -255,19 +340,36 @@ def figures(source: Source, out: Path, formats: str) -> None:
               help="Comma-separated table formats: md, csv, tex.")
 @click.option("--figure-format", "figure_formats", default=",".join(FIGURE_FORMATS), show_default=True,
               help="Comma-separated figure formats: png, pdf.")
+@click.option("--force", is_flag=True, help=f"Rebuild everything even when OUT/{MANIFEST} says it is up to date.")
 @click.option("--log", "log_run", is_flag=True, help="Record the report as an MLflow run (ncflow.kind=analysis).")
-def report(source: Source, out: Path, formats: str, figure_formats: str, log_run: bool) -> None:
-    """Write every table and figure to OUT, with OUT/report.md linking them."""
+def report(source: Source, out: Path, formats: str, figure_formats: str, force: bool, log_run: bool) -> None:
+    """Write every table and figure to OUT, with OUT/report.md linking them.
+
+    \b
+    OUT/.ncflow-report.json records a digest of the inputs (run ids, end times, the runs'
+    params/tags/metrics, source, formats, analysis code and library versions) and the
+    files written. When a later report finds the same digest and every file in place, it
+    reads only the run list and rewrites nothing. A run still RUNNING always rebuilds;
+    --force rebuilds regardless.
+    """
     table_formats = parse_formats(formats, TABLE_FORMATS)
     chosen_figures = parse_formats(figure_formats, FIGURE_FORMATS)
+    report_path = out / "report.md"
     with clean_errors():
-        runs_frame, histories = read_all(source)
-        written = write_tables(runs_frame, histories, out / "tables", table_formats)
-        figure_paths = write_figures(runs_frame, histories, out / "figures", chosen_figures)
-        report_path = out / "report.md"
-        report_path.write_text(report_markdown(source, runs_frame, written, figure_paths, out), encoding="utf-8")
-        click.echo(f"{report_path}: {len(written)} tables, {len(figure_paths)} figure files "
-                   f"from {len(runs_frame)} runs")
+        runs_frame = read_runs(source)
+        key = report_key(source, runs_frame, table_formats, chosen_figures)
+        manifest = None if force else reusable(out, key)
+        if manifest is not None:
+            click.echo(f"{report_path}: up to date, {manifest['tables']} tables, {manifest['figure_files']} figure "
+                       f"files from {len(runs_frame)} runs (store unchanged; --force rebuilds)")
+        else:
+            (out / MANIFEST).unlink(missing_ok=True)  # a rebuild that fails half-way leaves no manifest behind
+            written, figure_paths = write_report(source, runs_frame, out, table_formats, chosen_figures)
+            if key is not None:
+                table_paths = [path for _, paths in written.values() for path in paths]
+                write_manifest(out, key, len(runs_frame), len(written), [report_path, *table_paths, *figure_paths])
+            click.echo(f"{report_path}: {len(written)} tables, {len(figure_paths)} figure files "
+                       f"from {len(runs_frame)} runs")
         if log_run:
             run_id = log_report(source, out, len(runs_frame))
             click.echo(f"logged as MLflow run {run_id} in experiment {source.experiment!r}")

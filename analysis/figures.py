@@ -2,7 +2,8 @@
 
 Figures are drawn on `matplotlib.figure.Figure` objects directly (Agg canvas, no pyplot state), so the
 module works headless and leaks no open figures. Every plotting function takes `ax=None` (or `axes=None`),
-draws, and returns the Axes; `build_figures` writes every figure whose runs exist as PNG and PDF.
+draws, and returns the Axes; `build_figures` writes every figure whose runs exist as PNG and PDF, each laid out
+once (`freeze_layout`) and then drawn once per format.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.layout_engine import PlaceHolderLayoutEngine
 
 from analysis import stats, tables
 from analysis.tables import FN_STAR, SWEEP_NAMES, T_NC, THRESHOLD, column, family, select
 
 Histories = pd.DataFrame | Mapping[str, pd.DataFrame]
 PANEL_SIZE = (4.2, 3.2)
+DPI = 120  # PNG resolution; figures are laid out at it, so the frozen layout is exactly the one PNG would get
 METRIC_LABELS = {"nc/nc1": "NC1", "nc/fn": "fn (mean feature norm)", "train/acc": "train accuracy",
                  "test/acc": "test accuracy", "nc/nc2": "NC2", "nc/nc3": "NC3"}
 
@@ -29,7 +32,7 @@ METRIC_LABELS = {"nc/nc1": "NC1", "nc/fn": "fn (mean feature norm)", "train/acc"
 
 
 def wide_history(history: pd.DataFrame, run_id: str | None = None) -> pd.DataFrame:
-    """A run's history as one row per epoch (index `epoch`), one column per metric key.
+    """A run's history as one row per epoch (index `epoch`), one column per metric key (sorted).
 
     Accepts the long histories frame (`run_id, epoch, metric, value`; `run_id` selects the run when the
     frame holds several) or an already wide frame (index or column `epoch`).
@@ -37,15 +40,41 @@ def wide_history(history: pd.DataFrame, run_id: str | None = None) -> pd.DataFra
     if {"metric", "value"} <= set(history.columns):
         if run_id is not None and "run_id" in history.columns:
             history = history[history["run_id"] == run_id]
-        return history.pivot_table(index="epoch", columns="metric", values="value", aggfunc="last").sort_index()
+        return histories_by_run(history.assign(run_id="")).get("") if len(history) else _pivot(*_EMPTY)
     return (history.set_index("epoch") if "epoch" in history.columns else history).sort_index()
 
 
+_EMPTY = (np.empty(0, "int64"), np.empty(0, "int64"), np.empty(0), np.empty(0, object))
+
+
+def _pivot(epochs: np.ndarray, metric_codes: np.ndarray, values: np.ndarray, names: np.ndarray) -> pd.DataFrame:
+    """Long rows (epoch, metric code into sorted `names`, value) → wide frame: epochs ascending, the metrics
+    present in name order; a repeated (epoch, metric) keeps its last row, as `pivot_table(aggfunc="last")`."""
+    present, columns = np.unique(metric_codes, return_inverse=True)
+    steps, rows = np.unique(epochs, return_inverse=True)
+    cells = rows.ravel() * len(present) + columns.ravel()
+    _, last_reversed = np.unique(cells[::-1], return_index=True)
+    keep = len(cells) - 1 - last_reversed
+    grid = np.full(len(steps) * len(present), np.nan)
+    grid[cells[keep]] = values[keep]
+    return pd.DataFrame(grid.reshape(len(steps), len(present)), index=pd.Index(steps, name="epoch"),
+                        columns=pd.Index([str(name) for name in names[present]], name="metric"))
+
+
 def histories_by_run(histories: Histories) -> dict[str, pd.DataFrame]:
-    """Wide history per run id, split from the long frame in one pass."""
+    """Wide history per run id (as `wide_history`), split from the long frame with one sort and integer codes."""
     if isinstance(histories, Mapping):
         return dict(histories)
-    return {str(run_id): wide_history(group) for run_id, group in histories.groupby("run_id", sort=False)}
+    if histories.empty:
+        return {}
+    run_codes, run_ids = pd.factorize(histories["run_id"], sort=False)
+    metric_codes, names = pd.factorize(histories["metric"], sort=True)
+    order = np.argsort(run_codes, kind="stable")  # keeps each run's rows in their logged order
+    bounds = np.searchsorted(run_codes[order], np.arange(len(run_ids) + 1))
+    epochs, metric_codes = histories["epoch"].to_numpy()[order], metric_codes[order]
+    values, names = histories["value"].to_numpy(dtype=float)[order], np.asarray(names, dtype=object)
+    return {str(run_id): _pivot(epochs[lo:hi], metric_codes[lo:hi], values[lo:hi], names)
+            for run_id, lo, hi in zip(run_ids, bounds[:-1], bounds[1:])}
 
 
 def _series(history: pd.DataFrame, metric: str) -> pd.Series:
@@ -71,7 +100,7 @@ def _phase_switch(history: pd.DataFrame, run: Mapping[str, object] | pd.Series) 
 
 
 def _new_axes(rows: int, cols: int, size: tuple[float, float] = PANEL_SIZE) -> np.ndarray:
-    figure = Figure(figsize=(size[0] * cols, size[1] * rows), layout="constrained")
+    figure = Figure(figsize=(size[0] * cols, size[1] * rows), dpi=DPI, layout="constrained")
     return np.atleast_1d(figure.subplots(rows, cols, squeeze=False)).ravel()
 
 
@@ -351,7 +380,7 @@ def figure_summary(runs: pd.DataFrame) -> Figure | None:
         axes[3].set_axis_off()
     else:
         plot_fn_star_points(grid, ["cell_arch", "dataset"], ax=axes[3], band=False)
-        groups = [g[FN_STAR].dropna().to_numpy() for _, g in grid.groupby(["cell_arch", "dataset"])]
+        groups = [column(g, FN_STAR).dropna().to_numpy() for _, g in grid.groupby(["cell_arch", "dataset"])]
         anova = stats.one_way_anova(groups)
         axes[3].set_title(f"(d) fn* by pair (ANOVA F = {anova.f:.2f})")
     return axes[0].figure
@@ -437,13 +466,30 @@ def _grid_figures(runs: pd.DataFrame, lookup: Mapping[str, pd.DataFrame]) -> dic
     return figures
 
 
+def freeze_layout(figure: Figure) -> Figure:
+    """Run the figure's layout engine once (at DPI) and fix the result, so that each later save only draws.
+
+    Constrained layout otherwise re-solves on every `savefig` (once for PNG, again for PDF), each solve costing
+    about as much as a draw. The PNG is pixel-identical to a save with the layout engine live; the PDF uses the
+    same layout (solved with Agg's text metrics rather than the PDF renderer's: the same fonts, no visible change).
+    """
+    engine = figure.get_layout_engine()
+    if engine is not None and figure.axes and not isinstance(engine, PlaceHolderLayoutEngine):
+        figure.set_dpi(DPI)
+        engine.execute(figure)
+        figure.set_layout_engine("none")
+    return figure
+
+
 def save_figure(figure: Figure, out_dir: Path, stem: str, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+    """Write `figure` as `out_dir/stem.<fmt>` for each format (laid out once, see `freeze_layout`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    freeze_layout(figure)
     paths = []
     for fmt in formats:
         path = out_dir / f"{stem}.{fmt}"
-        figure.savefig(path, dpi=120)
+        figure.savefig(path, dpi=DPI)
         paths.append(path)
     return paths
 

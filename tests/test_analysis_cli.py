@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -11,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from analysis import store
+from analysis import cli, store
 from analysis.cli import main
 from tests import mlflow_fixtures as fx
 
@@ -118,3 +119,59 @@ def test_errors_are_one_line_and_say_what_was_searched(server, monkeypatch):
 
     result = invoke("tables", "--tracking-uri", server["uri"], "--format", "md,docx")
     assert result.exit_code == 2 and "'docx' not in md,csv,tex" in result.output
+
+
+def test_repeated_report_rewrites_nothing_until_the_store_changes(server, tmp_path, monkeypatch):
+    client = server["client"]
+    experiment_id = client.create_experiment("repeat")  # its own experiment: "ncflow" keeps its 6 runs
+
+    def log_run(seed: int) -> None:
+        nc1, fn = curves(5 + seed, 1.2)
+        fx.log_fake_training_run(client, experiment_id, depth=2, seed=seed, nc1_curve=nc1, fn_curve=fn,
+                                 phase1_epochs=PHASE1, sweep="depth")
+
+    log_run(0)
+    log_run(1)
+    out = tmp_path / "report"
+    args = ("report", "--tracking-uri", server["uri"], "--experiment", "repeat", "--out", str(out),
+            "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--figure-format", "png")
+    start = time.perf_counter()
+    first = invoke(*args)
+    first_s = time.perf_counter() - start
+    assert first.exit_code == 0 and "from 2 runs" in first.output and "up to date" not in first.output
+    written = {path: path.stat().st_mtime_ns for path in out.rglob("*") if path.is_file()}
+    assert out / cli.MANIFEST in written and any(path.suffix == ".png" for path in written)
+
+    def rebuild(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an unchanged store was read or rendered again")
+
+    with monkeypatch.context() as patch:  # the repeat reads the run list only: no history, table or figure
+        for module, name in ((store, "load_histories"), (cli, "write_tables"), (cli, "write_figures")):
+            patch.setattr(module, name, rebuild)
+        start = time.perf_counter()
+        second = invoke(*args)
+        second_s = time.perf_counter() - start
+    assert second.exit_code == 0 and "up to date" in second.output and "from 2 runs" in second.output
+    assert {path: path.stat().st_mtime_ns for path in written} == written  # not one file rewritten
+    assert second_s < first_s / 2
+
+    assert "up to date" not in invoke(*args, "--force").output
+    (out / "report.md").unlink()  # a file missing: rebuild
+    assert "up to date" not in invoke(*args).output and (out / "report.md").exists()
+    log_run(2)  # a new run: rebuild
+    third = invoke(*args)
+    assert "up to date" not in third.output and "from 3 runs" in third.output
+    assert "3 runs (3 collapsed)" in (out / "report.md").read_text()
+    assert "up to date" in invoke(*args).output
+
+
+def test_report_key_is_none_while_a_run_may_change():
+    source = cli.Source("sqlite:///x.db", "ncflow", None, None, False)
+    runs = pd.DataFrame({"run_id": ["a", "b"], "mlflow_status": ["FINISHED", "FINISHED"],
+                         "end_time": pd.array([10, 20], dtype="Int64")})
+    key = cli.report_key(source, runs, ["md"], ["png"])
+    assert key is not None and key == cli.report_key(source, runs.copy(), ["md"], ["png"])
+    assert key != cli.report_key(source, runs, ["md"], ["png", "pdf"])
+    assert key != cli.report_key(source, runs.assign(end_time=pd.array([10, 21], dtype="Int64")), ["md"], ["png"])
+    running = runs.assign(mlflow_status=["FINISHED", "RUNNING"], end_time=pd.array([10, None], dtype="Int64"))
+    assert cli.report_key(source, running, ["md"], ["png"]) is None

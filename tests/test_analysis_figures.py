@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.axes import Axes
+from matplotlib.image import imread
+from matplotlib.layout_engine import ConstrainedLayoutEngine
 from mlflow.tracking import MlflowClient
 
 from analysis import figures, store, tables
@@ -85,3 +87,30 @@ def test_build_figures_with_no_runs(tmp_path: Path):
     empty = pd.DataFrame({name: pd.Series(dtype=object) for name in store.FIXED_COLUMNS})
     no_history = pd.DataFrame({"run_id": [], "epoch": [], "metric": [], "value": []})
     assert figures.build_figures(empty, no_history, tmp_path) == []
+
+
+def test_histories_by_run_pivots_like_pivot_table():
+    # run a logs x at epoch 2 twice (9.0, then 2.0: the last wins), x at 1, y at 1 and 3 → epochs 1, 2, 3.
+    long = pd.DataFrame({"run_id": ["a", "b", "a", "a", "a", "a"], "epoch": [2, 1, 2, 1, 1, 3],
+                         "metric": ["x", "x", "x", "x", "y", "y"], "value": [9.0, 7.0, 2.0, 4.0, 1.0, 5.0]})
+    expected = pd.DataFrame({"x": [4.0, 2.0, np.nan], "y": [1.0, np.nan, 5.0]},
+                            index=pd.Index([1, 2, 3], name="epoch")).rename_axis(columns="metric")
+    wide = figures.histories_by_run(long)
+    assert list(wide) == ["a", "b"]
+    pd.testing.assert_frame_equal(wide["a"], expected)
+    pd.testing.assert_frame_equal(figures.wide_history(long, "a"), expected)
+    pivot = long[long["run_id"] == "a"].pivot_table(index="epoch", columns="metric", values="value", aggfunc="last")
+    pd.testing.assert_frame_equal(wide["a"], pivot)
+
+
+def test_save_figure_lays_out_once_and_draws_the_constrained_layout(logged, tmp_path: Path):
+    runs, histories = logged["runs"], logged["histories"]
+    run = runs[runs["run_name"] == "mlp5-relu-w512-wd1e-04-mnist-s0"].iloc[0]
+    live = figures.plot_dynamics(histories, run)[0].figure
+    assert isinstance(live.get_layout_engine(), ConstrainedLayoutEngine)
+    live.savefig(tmp_path / "live.png", dpi=figures.DPI)  # constrained layout solved inside this save
+    frozen = figures.plot_dynamics(histories, run)[0].figure
+    png, pdf = figures.save_figure(frozen, tmp_path, "frozen")
+    assert not isinstance(frozen.get_layout_engine(), ConstrainedLayoutEngine)  # solved once, then fixed
+    np.testing.assert_array_equal(imread(png), imread(tmp_path / "live.png"))  # the same pixels
+    assert pdf.read_bytes().startswith(b"%PDF")
