@@ -21,6 +21,7 @@ import functools
 import hashlib
 import importlib.metadata
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -85,13 +86,14 @@ def source_options(command: Callable[..., Any]) -> Callable[..., Any]:
                   help="MLflow tracking URI (sqlite:///mlflow.db, http://host:5000); "
                        "default: $MLFLOW_TRACKING_URI, else MLflow's local default.")
     @click.option("--experiment", default="ncflow", show_default=True, help="MLflow experiment name.")
-    @click.option("--sweep", default=None, help="Only runs of this sweep (tag ncflow.sweep).")
+    @click.option("--sweep", default=None, help="Only runs of this sweep (tag ncflow.sweep); `all`: every run.")
     @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                   help="History cache (default: $NCFLOW_ANALYSIS_CACHE or ~/.cache/ncflow-analysis).")
     @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar while fetching.")
     @functools.wraps(command)
     def wrapper(tracking_uri: str | None, experiment: str, sweep: str | None, cache_dir: Path | None,
                 progress: bool, **kwargs: Any) -> Any:
+        sweep = None if sweep in (None, "", "all") else sweep  # `all` (MLproject's default): every run
         return command(Source(tracking_uri, experiment, sweep, cache_dir, progress), **kwargs)
 
     return wrapper
@@ -192,11 +194,18 @@ def write_report(source: Source, runs: pd.DataFrame, out_dir: Path, table_format
 def log_report(source: Source, out_dir: Path, n_runs: int) -> str:
     """Record the report as an MLflow run `analysis-…` (tag ncflow.kind=analysis) with out_dir as artifacts."""
     client, _ = store.make_client(source.tracking_uri)
-    experiment = client.get_experiment_by_name(source.experiment)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    name = f"analysis-{source.sweep or 'all'}-{stamp}"
     tags = {"ncflow.kind": "analysis", "ncflow.analysis.runs": str(n_runs),
             "ncflow.analysis.sweep": source.sweep or "all"}
-    run = client.create_run(experiment.experiment_id, run_name=f"analysis-{source.sweep or 'all'}-{stamp}", tags=tags)
+    adopted = os.environ.get("MLFLOW_RUN_ID")
+    if adopted:  # under `mlflow run . -e analyze`, MLflow made the run and ends it
+        for key, value in {**tags, "mlflow.runName": name}.items():
+            client.set_tag(adopted, key, value)
+        client.log_artifacts(adopted, str(out_dir))
+        return adopted
+    experiment = client.get_experiment_by_name(source.experiment)
+    run = client.create_run(experiment.experiment_id, run_name=name, tags=tags)
     try:
         client.log_artifacts(run.info.run_id, str(out_dir))
     except Exception:

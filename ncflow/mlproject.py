@@ -62,9 +62,10 @@ def mlproject() -> dict[str, Any]:
     entry_points["analyze"] = {
         "parameters": {
             "out": {"type": "string", "default": "report"},
+            "experiment": {"type": "string", "default": "ncflow"},
             "sweep": {"type": "string", "default": "all"},
         },
-        "command": "python -m analysis.cli report --out {out} --sweep {sweep} --log",
+        "command": "python -m analysis.cli report --out {out} --experiment {experiment} --sweep {sweep} --log",
     }
     return {"name": "ncflow", "python_env": "python_env.yaml", "entry_points": entry_points}
 

@@ -130,6 +130,9 @@ def prepare(config: RunConfig, client: MlflowClient) -> Setup:
         tracking.require_run(client, config.init_from, "init_from")
     threshold = resolve_threshold(config.nc1_threshold, config.arch, config.depth, config.activation)
     device = resolve_device(config.device)
+    # Weight decay drives many weights and gradients into float32's denormal range late in training, where the
+    # CPU's arithmetic is ~5x slower; flushing them to zero keeps late epochs as fast as early ones.
+    torch.set_flush_denormal(True)
     data = load_dataset(
         config.dataset,
         config.data_dir,
