@@ -37,17 +37,16 @@ HISTORY_FILE = "history.csv"
 CONFIG_FILE = "config.json"
 
 
-def tracking_uri_for(config: RunConfig) -> str:
-    """The config's URI, else MLFLOW_TRACKING_URI, else MLflow's embedded default (sqlite:///mlflow.db)."""
-    if config.tracking_uri:
-        return config.tracking_uri
-    return mlflow.get_tracking_uri()
+def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
+    """The given URI, else MLFLOW_TRACKING_URI, else MLflow's embedded default (sqlite:///mlflow.db).
+
+    Read afresh each time and never set globally, so one process can train into several stores.
+    """
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
 
 
 def client_for(config: RunConfig) -> MlflowClient:
-    uri = tracking_uri_for(config)
-    mlflow.set_tracking_uri(uri)
-    return MlflowClient(tracking_uri=uri)
+    return MlflowClient(tracking_uri=resolve_tracking_uri(config.tracking_uri))
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
