@@ -130,8 +130,10 @@ def prepare(config: RunConfig, client: MlflowClient) -> Setup:
         tracking.require_run(client, config.init_from, "init_from")
     threshold = resolve_threshold(config.nc1_threshold, config.arch, config.depth, config.activation)
     device = resolve_device(config.device)
-    # Weight decay drives many weights and gradients into float32's denormal range late in training, where the
-    # CPU's arithmetic is ~5x slower; flushing them to zero keeps late epochs as fast as early ones.
+    # Weight decay drives weights and gradients into float32's denormal range late in training, where CPU
+    # arithmetic takes a slow path: 4.9x slower epochs at epoch 200 of the default run (benchmarks/bench_denormal.py).
+    # Flushing them to zero keeps late epochs as fast as early ones. The flag is per thread and pool threads copy it
+    # when created, so it is set here, before the first parallel op of a training process.
     torch.set_flush_denormal(True)
     data = load_dataset(
         config.dataset,
