@@ -3,7 +3,7 @@
 Arms (alternating, `--repeats` each), all training the default condition (MLP-7 on `digits`) for `--epochs` epochs
 into a fresh store given by `--tracking-uri` (default: a temporary sqlite file; pass `http://127.0.0.1:PORT` to
 measure through a server):
-- `logged`: `ncflow.train.train` as users run it (per-epoch metrics through MLflow's asynchronous `log_batch`);
+- `logged`: `ncflow.train.train` as users run it (per-epoch metrics buffered, sent by asynchronous `log_batch`);
 - `baseline`: the identical run with `EpochLogger.log` replaced by a no-op (params, tags, checkpoints and the
   final artifacts are still written, so the difference is the per-epoch logging alone).
 Reported: the median wall time of the epoch loop per arm, the overhead ratio (logged − baseline) / baseline,
@@ -84,7 +84,7 @@ def main() -> None:
     blocked = statistics.median(block for _, block in results[True])
     print(f"baseline (no per-epoch logging): {baseline:.2f} s per {args.epochs}-epoch loop "
           f"({[round(loop, 2) for loop, _ in results[False]]})")
-    print(f"logged (asynchronous log_batch): {logged:.2f} s ({[round(loop, 2) for loop, _ in results[True]]})")
+    print(f"logged (buffered, asynchronous log_batch): {logged:.2f} s ({[round(loop, 2) for loop, _ in results[True]]})")
     print(f"logging overhead: {100 * (logged - baseline) / baseline:+.1f} % of the loop; "
           f"blocked in EpochLogger.log: {1000 * blocked / args.epochs:.2f} ms per epoch "
           f"({100 * blocked / logged:.2f} % of the loop)")
