@@ -104,8 +104,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
-# Fields that do not change the experiment's science: excluded from the condition hash, with seed.
-NON_CONDITION_FIELDS = ("seed", "data_dir", "device", "checkpoint_every", "experiment", "tracking_uri")
+# Fields that do not change what is trained: excluded from the condition hash, with seed. The early-warning
+# settings (fn_ref, lead) and stop_after_collapse only change what is reported or when the run stops.
+NON_CONDITION_FIELDS = (
+    "seed", "data_dir", "device", "checkpoint_every", "experiment", "tracking_uri", "fn_ref", "lead",
+    "stop_after_collapse",
+)
 
 
 def format_value(value: Any) -> str:

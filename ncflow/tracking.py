@@ -98,6 +98,15 @@ def log_config_params(client: MlflowClient, run_id: str, config: RunConfig) -> N
         client.log_batch(run_id, params=missing[start : start + 100], synchronous=True)
 
 
+def with_adopted_experiment(client: MlflowClient, config: RunConfig) -> RunConfig:
+    """Under `mlflow run` (MLFLOW_RUN_ID set) the experiment is the one MLflow put the run in."""
+    adopted_run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not adopted_run_id:
+        return config
+    experiment_id = client.get_run(adopted_run_id).info.experiment_id
+    return config.replace(experiment=client.get_experiment(experiment_id).name)
+
+
 def open_run(
     config: RunConfig,
     *,
@@ -110,8 +119,7 @@ def open_run(
     adopted_run_id = os.environ.get("MLFLOW_RUN_ID")
     if adopted_run_id:  # under `mlflow run`: MLflow made the run, in the experiment it was told
         run_id = adopted_run_id
-        experiment_id = client.get_run(run_id).info.experiment_id
-        config = config.replace(experiment=client.get_experiment(experiment_id).name)
+        config = with_adopted_experiment(client, config)
     else:
         experiment_id = ensure_experiment(client, config.experiment)
         run_id = client.create_run(experiment_id, run_name=run_name(config)).info.run_id
@@ -259,7 +267,7 @@ def reference_fn_star(client: MlflowClient, config: RunConfig) -> float | None:
     values = [
         run.data.metrics["collapse/fn_star"]
         for run in runs
-        if "collapse/fn_star" in run.data.metrics and run.data.params.get("seed") != str(config.seed)
+        if "collapse/fn_star" in run.data.metrics and not _same_value("seed", run.data.params.get("seed", ""), str(config.seed))
     ]
     return sum(values) / len(values) if values else None
 

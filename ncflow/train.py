@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
@@ -25,8 +26,12 @@ from ncflow.data import InMemoryData, batch_indices, load_dataset
 from ncflow.metrics import METRIC_NAMES, NonFiniteFeaturesError, collapse_metrics
 from ncflow.models import build_model, predict_in_chunks, rescale_final_hidden
 
-# Fields of a Phase-1 checkpoint's configuration that an intervention run must share with it.
-ARCHITECTURE_FIELDS = ("dataset", "arch", "depth", "width", "activation", "phase1_epochs")
+# Fields of a Phase-1 checkpoint's configuration that an intervention run must share with it: the model, and the
+# training settings whose state (optimiser moments, schedule position) the checkpoint carries into Phase 2.
+SHARED_WITH_SOURCE_FIELDS = (
+    "dataset", "arch", "depth", "width", "activation", "phase1_epochs", "phase2_epochs", "optimizer", "lr",
+    "momentum", "nesterov", "weight_decay", "schedule", "milestones", "lr_gamma", "batch_size",
+)
 
 
 @dataclass
@@ -103,9 +108,14 @@ def resolve_fn_ref(client: MlflowClient, config: RunConfig) -> float | None:
 def start_from_phase1_checkpoint(setup: Setup, client: MlflowClient) -> None:
     """The intervention: load `init_from`'s end-of-Phase-1 state, rescale by α, continue with Phase 2."""
     config = setup.config
-    state = tracking.load_checkpoint(client, config.init_from, "phase1_end")
+    try:
+        state = tracking.load_checkpoint(client, config.init_from, "phase1_end")
+    except MlflowException:
+        raise ConfigError(
+            f"init_from: run {config.init_from} has no checkpoints/phase1_end.pt (train it with protocol two-phase)"
+        ) from None
     source = state["config"]
-    for name in ARCHITECTURE_FIELDS:
+    for name in SHARED_WITH_SOURCE_FIELDS:
         if source[name] != config.as_params()[name]:
             raise ConfigError(
                 f"init_from: run {config.init_from} has {name}={source[name]}, this run has {name}={config.as_params()[name]}"
@@ -113,6 +123,8 @@ def start_from_phase1_checkpoint(setup: Setup, client: MlflowClient) -> None:
     setup.model.load_state_dict(state["model"])
     setup.optimizer.load_state_dict(state["optimizer"])
     setup.scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])  # α = 1 then continues the source run exactly
+    setup.batch_order.set_state(state["batch_order_rng"])
     setup.start_epoch = int(state["epoch"]) + 1
     train_x = setup.data.train_x
     fn_before = mean_feature_norm(setup.model, train_x)
@@ -120,7 +132,6 @@ def start_from_phase1_checkpoint(setup: Setup, client: MlflowClient) -> None:
     setup.intervention = {
         "intervention/fn_before": fn_before,
         "intervention/fn_after": mean_feature_norm(setup.model, train_x),
-        "intervention/alpha": config.rescale_alpha,
     }
 
 
@@ -200,6 +211,17 @@ def measure_epoch(setup: Setup) -> dict[str, float]:
     return {"train/acc": accuracies[0], "test/acc": accuracies[1], **{f"nc/{k}": v for k, v in metrics.items()}}
 
 
+def cpu_copy(value: Any) -> Any:
+    """A copy with every tensor on the CPU, so a GPU run's checkpoint loads anywhere and frees no GPU memory."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: cpu_copy(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(cpu_copy(item) for item in value)
+    return copy.deepcopy(value)
+
+
 def checkpoint_state(setup: Setup, epoch: int) -> dict[str, Any]:
     """A copy of everything needed to continue after `epoch`: weights, optimiser, schedule, RNG, history.
 
@@ -207,8 +229,8 @@ def checkpoint_state(setup: Setup, epoch: int) -> dict[str, Any]:
     (a few MB per epoch for the paper's models: negligible next to an epoch).
     """
     return {
-        "model": copy.deepcopy(setup.model.state_dict()),
-        "optimizer": copy.deepcopy(setup.optimizer.state_dict()),
+        "model": cpu_copy(setup.model.state_dict()),
+        "optimizer": cpu_copy(setup.optimizer.state_dict()),
         "scheduler": copy.deepcopy(setup.scheduler.state_dict()),
         "epoch": epoch,
         "config": setup.config.as_params(),
@@ -238,6 +260,8 @@ def run_epochs(setup: Setup, client: MlflowClient, run_id: str, progress: bool) 
         dynamic_ncols=True,
     )
     finished: dict[str, Any] | None = None  # the state after the last finished epoch
+    if setup.history and should_stop(setup, setup.start_epoch - 1):  # resumed after the run had already stopped
+        bar = tqdm(range(0), disable=True)
     try:
         for epoch in bar:
             started = time.perf_counter()
@@ -265,9 +289,11 @@ def run_epochs(setup: Setup, client: MlflowClient, run_id: str, progress: bool) 
                 break
     finally:
         bar.close()
-        logger.close()
-        if finished is not None:  # at the end, and after a crash or Ctrl-C: resumable from here
-            tracking.log_checkpoint(client, run_id, "last", finished)
+        try:
+            if finished is not None:  # at the end, and after a crash or Ctrl-C: resumable from here
+                tracking.log_checkpoint(client, run_id, "last", finished)
+        finally:
+            logger.close()
 
 
 def log_results(setup: Setup, client: MlflowClient, run_id: str) -> dict[str, float]:
@@ -311,6 +337,8 @@ def resume(run_id: str, *, tracking_uri: str = "", progress: bool = True) -> Tra
     state = tracking.load_checkpoint(client, run_id, "last")
     setup = prepare(config.replace(init_from="none", rescale_alpha=1.0), client)
     setup.config = config
+    # The reference the run started with, not one re-resolved against a store that has changed since.
+    setup.detector.fn_ref = client.get_run(run_id).data.metrics.get("collapse/fn_ref")
     restore_from_checkpoint(setup, state)
     tracking.reopen_run(client, run_id)
     return run_tracked(setup, client, run_id, progress)
@@ -319,6 +347,7 @@ def resume(run_id: str, *, tracking_uri: str = "", progress: bool = True) -> Tra
 def run_tracked(setup: Setup, client: MlflowClient, run_id: str, progress: bool) -> TrainResult:
     """The loop inside an open run; any exception (Ctrl-C too) leaves the run FAILED/KILLED with its reason."""
     try:
+        tracking.log_summary(client, run_id, setup.intervention)
         run_epochs(setup, client, run_id, progress)
         summary = log_results(setup, client, run_id)
     except BaseException as error:  # KeyboardInterrupt and SystemExit too: the run must not stay RUNNING
@@ -348,7 +377,7 @@ def train(
 ) -> TrainResult:
     """Train one condition and track it in MLflow. Bad input raises ConfigError before a run exists."""
     client = tracking.client_for(config)
+    config = tracking.with_adopted_experiment(client, config)
     setup = prepare(config, client)
     client, run_id = tracking.open_run(config, sweep=sweep, parent_run_id=parent_run_id, extra_tags=extra_tags)
-    tracking.log_summary(client, run_id, setup.intervention)
     return run_tracked(setup, client, run_id, progress)

@@ -1,7 +1,8 @@
 """Populate a real MLflow store exactly as ncflow training logs it (docs/tracking.md), for analysis tests.
 
-No torch and no `ncflow` import: these helpers write the documented contract directly through
-`MlflowClient`, so analysis tests (and `benchmarks/bench_analysis.py`) run on any machine.
+No torch: these helpers write the documented contract directly through `MlflowClient` (only the torch-free
+`ncflow.config` is imported, for the condition hash's field list), so analysis tests (and
+`benchmarks/bench_analysis.py`) run on any machine.
 
 Typical use::
 
@@ -36,6 +37,8 @@ import numpy as np
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+from ncflow.config import NON_CONDITION_FIELDS as _NON_CONDITION  # the one definition (needs no torch)
+
 # Per-epoch metric keys in history.csv column order (docs/tracking.md "Per-epoch metrics").
 PER_EPOCH_METRICS: tuple[str, ...] = (
     "train/loss", "train/acc", "test/acc", "lr", "phase", "nc/nc1", "nc/nc1_pinv", "nc/nc2",
@@ -53,7 +56,6 @@ DEFAULT_PARAMS: dict[str, str] = {
     "stop_after_collapse": "off", "checkpoint_every": "50", "synthetic_classes": "10", "synthetic_shape": "1x8x8",
     "synthetic_per_class": "100", "experiment": "ncflow", "tracking_uri": "",
 }
-_NON_CONDITION = ("seed", "data_dir", "device", "checkpoint_every", "experiment", "tracking_uri")
 BATCH_LIMIT = 1000  # MLflow's maximum number of metrics in one log_batch call
 
 

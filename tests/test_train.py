@@ -51,18 +51,27 @@ def test_same_seed_same_history_other_seed_differs(store):
 
 
 def test_intervention_rescales_features_and_starts_phase2(store):
-    phase1 = training.train(small_config(store, phase2_epochs="0"), progress=False)
+    phase1 = training.train(small_config(store), progress=False)  # the two-phase control run is the source
     client = MlflowClient(store)
     assert "checkpoints/phase1_end.pt" in {a.path for a in client.list_artifacts(phase1.run_id, "checkpoints")}
     result = training.train(small_config(store, init_from=phase1.run_id, rescale_alpha="0.3"), progress=False)
     metrics = client.get_run(result.run_id).data.metrics
     # ReLU is positively homogeneous: scaling the last hidden layer's weight and bias by α scales every feature by α.
     assert metrics["intervention/fn_after"] == pytest.approx(0.3 * metrics["intervention/fn_before"], rel=1e-5)
-    assert metrics["intervention/fn_before"] == pytest.approx(phase1.history[-1]["nc/fn"], rel=1e-9)
+    assert metrics["intervention/fn_before"] == pytest.approx(phase1.history[2]["nc/fn"], rel=1e-9)  # epoch 3
     assert [row["epoch"] for row in result.history] == [4, 5, 6]
     assert all(row["phase"] == 2 for row in result.history)
-    assert result.history[0]["nc/fn"] < phase1.history[-1]["nc/fn"]  # the shrunken features start Phase 2
+    assert result.history[0]["nc/fn"] < phase1.history[3]["nc/fn"]  # the shrunken features start Phase 2
+    # α = 1 continues the control exactly: same state, same schedule, same batch order from epoch 4 on.
+    control = training.train(small_config(store, init_from=phase1.run_id), progress=False)
+    assert [row["nc/nc1"] for row in control.history] == pytest.approx([row["nc/nc1"] for row in phase1.history[3:]])
     assert client.get_run(result.run_id).info.run_name.endswith("-a0.3-s0")
+
+
+def test_intervention_rejects_a_source_without_phase1_checkpoint(store):
+    ce_only = training.train(small_config(store, protocol="ce-only", phase1_epochs="1", phase2_epochs="1"), progress=False)
+    with pytest.raises(training.ConfigError, match="init_from: run .* has no checkpoints/phase1_end.pt"):
+        training.train(small_config(store, init_from=ce_only.run_id), progress=False)
 
 
 def test_intervention_rejects_another_architecture(store):
