@@ -1,6 +1,6 @@
 """Statistics on plain arrays, each returning a small dataclass of estimates and intervals.
 
-Nothing here knows about MLflow or pandas frames: the tables and figures pass arrays in
+Nothing here knows about MLflow or pandas frames: `analysis.aggregate` passes arrays in
 (the rliable `metrics.py` pattern), so every function can be checked against a hand-worked toy array.
 
 Choices, stated once:
@@ -23,6 +23,8 @@ from typing import Hashable, Mapping, Sequence
 
 import numpy as np
 from scipy import stats as sps
+
+from analysis.contract import DEFAULT_LEAD
 
 CONFIDENCE = 0.95
 N_RESAMPLES = 10_000
@@ -108,7 +110,7 @@ class LeadTimeStats:
     n_no_cross: int  # runs left out because fn never crossed fn_ref (or T_NC is missing)
     lead_mean: float  # mean of T_NC − T_cross
     lead_std: float  # ddof = 1
-    lead: float  # the fixed lead used for `mae` (62 in the paper)
+    lead: float  # the fixed lead used for `mae` (the paper's `DEFAULT_LEAD`)
     mae: float  # mean |T_cross + lead − T_NC|, in-sample (fn_ref and lead fitted on the same runs)
     abs_errors: tuple[float, ...]
     loso_n: int  # runs with a leave-one-seed-out T_cross
@@ -287,13 +289,13 @@ def loso_fn_ref(fn_star_by_seed: Mapping[Hashable, float]) -> dict[Hashable, flo
 def lead_time_stats(
     t_nc: Sequence[float],
     t_cross: Sequence[float],
-    lead: float = 62.0,
+    lead: float = DEFAULT_LEAD,
     t_cross_loso: Sequence[float] | None = None,
 ) -> LeadTimeStats:
     """Lead time T_NC − T_cross (mean ± std) and the MAE of the rule T̂_NC = T_cross + lead.
 
-    In-sample, as the paper: T_cross from an fn_ref that includes the run itself, and a fixed `lead`
-    (the paper's 62 was itself the mean over the same runs). Leave-one-seed-out: pass `t_cross_loso`
+    In-sample, as the paper: T_cross from an fn_ref that includes the run itself, and a fixed `lead` (the
+    paper's `DEFAULT_LEAD` was itself the mean over the same runs). Leave-one-seed-out: pass `t_cross_loso`
     (T_cross from `loso_fn_ref`); run i is predicted as T_cross_loso,i + the mean lead of the other runs.
     Runs with a missing T_NC or T_cross are left out and counted.
     """

@@ -1,62 +1,60 @@
 """Read ncflow runs from an MLflow tracking store (local `sqlite:///…` or `http://host:port`) into pandas.
 
-Two tidy frames, read once and cached (docs/tracking.md is the contract for what training writes):
+Two tidy frames, read once and cached (`analysis.contract` names what training writes):
 
 - `load_runs` → one row per run. Columns, in order: `run_id, run_name, experiment_id, mlflow_status,
-  start_time, end_time` (ms, nullable Int64), `status, condition, sweep, fail_reason, divergence_reason`
-  (the `ncflow.*` tags), `parent_run_id` (tag `mlflow.parentRunId`), `kind` (tag `ncflow.kind`),
-  `artifact_uri`; then every param under its own name, parsed (`7` → int, `2e-4` and `0.0002` → 0.0002,
-  `true`/`false` → bool, `none`/`off`/empty → None/NaN, anything else — `auto`, `300,450` — stays a string);
-  then every metric key as a float column holding the run's latest value (summary metrics such as
-  `collapse/T_NC`, and the last epoch of per-epoch metrics such as `nc/nc1`). A metric key that is also a
-  param or fixed column name (`lr`: the configured rate vs the last epoch's rate) gets the column `metrics.<key>`.
-- `load_histories` → long frame `run_id, epoch, metric, value`: every per-epoch metric of every run
-  (summary metrics, logged at step 0 under `collapse/` and `intervention/`, are not history). It reads each run's
-  `history.csv` artifact (one download instead of one request per metric) concurrently, falls back to
-  `MlflowClient.get_metric_history` for runs without it, and caches each ended run's history under
-  `cache_dir` keyed by (run_id, end_time): an ended run's history never changes, so a repeated report reads
-  only local files. NaN values (a missing cell, or a logged NaN loss) are dropped; divergence is in the tags.
+  start_time, end_time` (ms, nullable Int64), `status, condition, sweep, fail_reason, divergence_reason,
+  parent_run_id, kind` (the tags of `TAG_COLUMNS`), `artifact_uri`; then every param under its own name,
+  parsed (`7` → int, `2e-4` and `0.0002` → 0.0002, `true`/`false` → bool, `none`/`off`/empty → None/NaN,
+  anything else — `auto`, `300,450` — stays a string); then every metric key as a float column holding the
+  run's latest value (summary metrics such as `contract.T_NC`, and the last epoch of per-epoch metrics such as
+  `contract.NC1`). A metric key that is also a param or fixed column name (`contract.LR`: the configured rate
+  vs the last epoch's rate) gets the column `metrics.<key>`.
+- `load_histories` → long frame `run_id, epoch, metric, value`: every per-epoch metric of every run. It reads
+  the runs' histories concurrently (`analysis.run_history`: the history artifact, else the metric
+  histories) and caches each ended run's history under `cache_dir` keyed by (run_id, end_time), so a repeated
+  report reads only local files. NaN values (a missing cell, or a logged NaN loss) are dropped; divergence is
+  in the tags.
 
-This module never imports torch (nor `ncflow`), so it runs on a laptop against a remote tracking server.
+The tracking URI is resolved as everywhere in ncflow (`analysis.mlflow_env.resolve_tracking_uri`). This module
+never imports torch (nor `ncflow`), so it runs on a laptop against a remote tracking server.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import re
-import tempfile
 import urllib.error
 import urllib.request
-import zipfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping
 
-import mlflow
-import mlflow.artifacts
-import numpy as np
 import pandas as pd
 from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
+from analysis import contract
+from analysis.mlflow_env import resolve_tracking_uri
+from analysis.run_history import (
+    History, HistoryCache, default_cache_dir, fetch_history, quiet_artifact_downloads, to_long,
+)
+
 FIXED_COLUMNS = (
     "run_id", "run_name", "experiment_id", "mlflow_status", "start_time", "end_time", "status", "condition",
     "sweep", "fail_reason", "divergence_reason", "parent_run_id", "kind", "artifact_uri",
 )
-TAG_COLUMNS = {
-    "status": "ncflow.status", "condition": "ncflow.condition", "sweep": "ncflow.sweep",
-    "fail_reason": "ncflow.fail_reason", "divergence_reason": "ncflow.divergence_reason",
-    "parent_run_id": "mlflow.parentRunId", "kind": "ncflow.kind",
+TAG_COLUMNS = {  # runs-frame column → the tag it holds
+    "status": contract.TAG_STATUS, "condition": contract.TAG_CONDITION, "sweep": contract.TAG_SWEEP,
+    "fail_reason": contract.TAG_FAIL_REASON, "divergence_reason": contract.TAG_DIVERGENCE_REASON,
+    "parent_run_id": contract.TAG_PARENT_RUN, "kind": contract.TAG_KIND,
 }
-HISTORY_ARTIFACT = "history.csv"
-SUMMARY_PREFIXES = ("collapse/", "intervention/")
+HISTORY_ARTIFACT = contract.HISTORY_FILE
+SUMMARY_PREFIXES = contract.SUMMARY_PREFIXES
+ANY_KIND = "any"  # `load_runs(kind=ANY_KIND)`: runs of every kind
 MLFLOW_STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
-ENDED_STATUSES = ("FINISHED", "FAILED", "KILLED")
 NULL_WORDS = ("none", "off", "null", "")
 PAGE_SIZE = 1000
 FETCH_WORKERS = 16
@@ -90,7 +88,7 @@ def parse_param(text: str) -> Any:
         return stripped
 
 
-def _same_value(logged: Any, wanted: Any) -> bool:
+def same_param_value(logged: Any, wanted: Any) -> bool:
     """Parsed-value equality: 2e-4 equals 0.0002, 7 equals 7.0, None equals NaN."""
     if _is_missing(logged) or _is_missing(wanted):
         return _is_missing(logged) and _is_missing(wanted)
@@ -106,11 +104,6 @@ def _is_missing(value: Any) -> bool:
 
 
 # ------------------------------------------------------------------------------------ the tracking URI
-
-
-def resolve_tracking_uri(tracking_uri: str | None) -> str:
-    """The URI to read: the argument, else MLFLOW_TRACKING_URI, else MLflow's local default."""
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
 
 
 def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
@@ -138,7 +131,7 @@ def make_client(tracking_uri: str | None) -> tuple[MlflowClient, str]:
                          "(sqlite:///path.db, http(s)://host:port, postgresql://…, file:///path)") from None
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     text = getattr(error, "message", None) or str(error)
     return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
@@ -158,19 +151,19 @@ def _quote(value: str) -> str:
 def build_filter(sweep: str | None, status: str | None, kind: str, params: Mapping[str, Any]) -> str:
     """The server-side part of the filters (exact strings only; numbers are compared after parsing).
 
-    `status` in upper case (FINISHED, FAILED, …) filters MLflow's run status, otherwise the ncflow.status tag.
-    `kind="train"` is applied client-side (runs without the tag count as training runs); `kind="any"` not at all.
+    `status` in upper case (FINISHED, FAILED, …) filters MLflow's run status, otherwise the status tag.
+    A training kind is applied client-side (runs without the tag count as training runs); `ANY_KIND` not at all.
     """
     clauses = []
     if sweep is not None:
-        clauses.append(f"tags.`ncflow.sweep` = {_quote(sweep)}")
+        clauses.append(f"tags.`{contract.TAG_SWEEP}` = {_quote(sweep)}")
     if status is not None:
         if status in MLFLOW_STATUSES:
             clauses.append(f"attributes.status = {_quote(status)}")
         else:
-            clauses.append(f"tags.`ncflow.status` = {_quote(status)}")
-    if kind not in ("train", "any"):
-        clauses.append(f"tags.`ncflow.kind` = {_quote(kind)}")
+            clauses.append(f"tags.`{contract.TAG_STATUS}` = {_quote(status)}")
+    if kind not in (contract.KIND_TRAIN, ANY_KIND):
+        clauses.append(f"tags.`{contract.TAG_KIND}` = {_quote(kind)}")
     for name, wanted in params.items():
         value = parse_param(str(wanted))
         if isinstance(value, str) and "`" not in name and not ("'" in value and '"' in value):
@@ -185,7 +178,7 @@ def _experiment_ids(client: MlflowClient, experiment: str | None, uri: str) -> l
             return [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
         found = client.get_experiment_by_name(experiment)
     except MlflowException as error:
-        raise StoreError(f"cannot read the tracking store at {uri}: {_first_line(error)}") from None
+        raise StoreError(f"cannot read the tracking store at {uri}: {first_line(error)}") from None
     if found is None:
         raise StoreError(f"no experiment named {experiment!r} in the tracking store at {uri}")
     return [found.experiment_id]
@@ -208,7 +201,7 @@ def run_record(run: Run) -> tuple[dict[str, Any], dict[str, Any], dict[str, floa
     """(fixed columns, parsed params, metrics) of one run."""
     info, tags = run.info, run.data.tags
     fixed = {
-        "run_id": info.run_id, "run_name": info.run_name or tags.get("mlflow.runName"),
+        "run_id": info.run_id, "run_name": info.run_name or tags.get(contract.TAG_RUN_NAME),
         "experiment_id": info.experiment_id, "mlflow_status": info.status,
         "start_time": info.start_time, "end_time": info.end_time, "artifact_uri": info.artifact_uri,
     }
@@ -250,8 +243,9 @@ def param_column(values: list[Any]) -> pd.Series:
 
 
 def _kind_matches(run: Run, kind: str) -> bool:
-    """kind="train" also accepts runs without an ncflow.kind tag; other kinds were filtered by the server."""
-    return kind != "train" or run.data.tags.get("ncflow.kind", "train") == "train"
+    """The training kind also accepts runs without a kind tag; other kinds were filtered by the server."""
+    train = contract.KIND_TRAIN
+    return kind != train or run.data.tags.get(contract.TAG_KIND, train) == train
 
 
 def _keep_params(frame: pd.DataFrame, params: Mapping[str, Any]) -> pd.DataFrame:
@@ -260,23 +254,23 @@ def _keep_params(frame: pd.DataFrame, params: Mapping[str, Any]) -> pd.DataFrame
         if name not in frame.columns:
             return frame.iloc[0:0]
         value = parse_param(str(wanted))
-        keep &= frame[name].map(lambda logged, value=value: _same_value(logged, value)).astype(bool)
+        keep &= frame[name].map(lambda logged, value=value: same_param_value(logged, value)).astype(bool)
     return frame[keep]
 
 
 def load_runs(
     tracking_uri: str | None = None,
-    experiment: str | None = "ncflow",
+    experiment: str | None = contract.DEFAULT_EXPERIMENT,
     sweep: str | None = None,
     status: str | None = None,
     params: Mapping[str, str] | None = None,
-    kind: str = "train",
+    kind: str = contract.KIND_TRAIN,
 ) -> pd.DataFrame:
     """One row per run of `experiment` (None: all experiments); see the module docstring for the columns.
 
-    Filters: `sweep` (tag ncflow.sweep), `status` (tag ncflow.status, e.g. `collapsed`; in upper case MLflow's
-    run status, e.g. `FINISHED`), `params` (name → value, compared as parsed values so `2e-4` matches `0.0002`),
-    `kind` (tag ncflow.kind: `train` keeps training runs and runs without the tag — runs logged before the tag
+    Filters: `sweep` (the sweep tag), `status` (the status tag, e.g. `collapsed`; in upper case MLflow's run
+    status, e.g. `FINISHED`), `params` (name → value, compared as parsed values so `2e-4` matches `0.0002`),
+    `kind` (the kind tag: `train` keeps training runs and runs without the tag — runs logged before the tag
     existed, or by hand — but not sweep parents or analysis runs; `sweep`/`analysis` keep only those; `any` all).
     Deleted runs are never read. No match gives an empty frame with the fixed columns.
     """
@@ -287,7 +281,7 @@ def load_runs(
     try:
         found = search_all_runs(client, experiment_ids, filter_string) if experiment_ids else []
     except MlflowException as error:
-        raise StoreError(f"cannot search runs at {uri} (filter {filter_string!r}): {_first_line(error)}") from None
+        raise StoreError(f"cannot search runs at {uri} (filter {filter_string!r}): {first_line(error)}") from None
     runs = [run for run in found if _kind_matches(run, kind)]
     if not runs:
         return pd.DataFrame({name: pd.Series(dtype=object) for name in FIXED_COLUMNS})
@@ -296,161 +290,6 @@ def load_runs(
 
 
 # ----------------------------------------------------------------------------------- load_histories
-
-
-def default_cache_dir() -> Path:
-    """`$NCFLOW_ANALYSIS_CACHE`, else `$XDG_CACHE_HOME/ncflow-analysis`, else `~/.cache/ncflow-analysis`."""
-    if os.environ.get("NCFLOW_ANALYSIS_CACHE"):
-        return Path(os.environ["NCFLOW_ANALYSIS_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "ncflow-analysis"
-
-
-@dataclass(frozen=True)
-class History:
-    """One run's per-epoch metrics: `values[i, j]` is metric `metrics[j]` at epoch `epochs[i]` (NaN: not logged)."""
-
-    epochs: np.ndarray  # int64, increasing, unique
-    metrics: tuple[str, ...]
-    values: np.ndarray  # float64, len(epochs) × len(metrics)
-
-    @classmethod
-    def from_wide(cls, wide: pd.DataFrame) -> "History":
-        """From a frame with an `epoch` column and one column per metric (history.csv's layout).
-
-        Non-numeric cells become NaN; a repeated epoch (a resumed run re-logging it) keeps its last row.
-        """
-        wide = wide.apply(pd.to_numeric, errors="coerce").dropna(subset=["epoch"])
-        wide = wide.drop_duplicates("epoch", keep="last").sort_values("epoch")
-        metrics = tuple(str(c) for c in wide.columns if c != "epoch")
-        values = wide[list(metrics)].to_numpy(dtype=float).reshape(len(wide), len(metrics))
-        return cls(wide["epoch"].to_numpy(dtype="int64"), metrics, values)
-
-
-class HistoryCache:
-    """`History` arrays as `<run_id>-<end_time>.npz` files (no pickle).
-
-    Only ended runs are cached: their history is immutable, and a resumed run gets a new end time.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = Path(directory)
-
-    @staticmethod
-    def key(run: Mapping[str, Any]) -> str | None:
-        """The cache key of a runs-frame row, or None when the run may still change."""
-        end_time = run.get("end_time")
-        if run.get("mlflow_status") not in ENDED_STATUSES or end_time is None or pd.isna(end_time):
-            return None
-        return f"{run['run_id']}-{int(end_time)}"
-
-    def path(self, key: str) -> Path:
-        return self.directory / f"{key}.npz"
-
-    def read(self, key: str) -> History | None:
-        """The cached history, or None (absent, truncated or foreign: fetch again)."""
-        try:
-            with np.load(self.path(key), allow_pickle=False) as data:
-                return History(data["epochs"], tuple(str(m) for m in data["metrics"]), data["values"])
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-            return None
-
-    def write(self, key: str, history: History) -> None:
-        """Write atomically (temp file, then rename), so a concurrent reader never sees half a file."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(dir=self.directory, suffix=".npz.tmp")
-        try:
-            with os.fdopen(handle, "wb") as file:
-                np.savez(file, epochs=history.epochs, metrics=np.array(history.metrics, dtype=str),
-                         values=history.values)
-            os.replace(temp, self.path(key))
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(temp)
-
-
-@contextlib.contextmanager
-def _quiet_artifact_downloads() -> Iterator[None]:
-    """Silence MLflow's per-file download progress bar (ours counts runs) unless the user set it."""
-    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    if name in os.environ:
-        yield
-        return
-    os.environ[name] = "false"
-    try:
-        yield
-    finally:
-        os.environ.pop(name, None)
-
-
-def download_history_csv(artifact_uri: str, tracking_uri: str) -> History | None:
-    """The run's history.csv, or None when the run has no such artifact (or it has no `epoch` column)."""
-    with tempfile.TemporaryDirectory() as directory:
-        try:
-            path = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{artifact_uri.rstrip('/')}/{HISTORY_ARTIFACT}", dst_path=directory,
-                tracking_uri=tracking_uri,
-            )
-        except (MlflowException, OSError):
-            return None
-        wide = pd.read_csv(path)
-    return History.from_wide(wide) if "epoch" in wide.columns else None
-
-
-def history_from_metrics(client: MlflowClient, run_id: str) -> History:
-    """The history from `get_metric_history`, one request per per-epoch metric key (the slow path)."""
-    keys = sorted(k for k in client.get_run(run_id).data.metrics if not k.startswith(SUMMARY_PREFIXES))
-    if not keys:
-        return History(np.empty(0, dtype="int64"), (), np.empty((0, 0)))
-    columns = {}
-    for key in keys:
-        points = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
-        columns[key] = pd.Series({m.step: m.value for m in points}, dtype=float)  # last write of a step wins
-    return History.from_wide(pd.DataFrame(columns).rename_axis("epoch").reset_index())
-
-
-def fetch_history(client: MlflowClient, tracking_uri: str, run: Mapping[str, Any]) -> History:
-    """One run's history: history.csv if the run has it, else its metric histories."""
-    artifact_uri = run.get("artifact_uri")
-    if isinstance(artifact_uri, str) and artifact_uri:
-        history = download_history_csv(artifact_uri, tracking_uri)
-        if history is not None:
-            return history
-    return history_from_metrics(client, str(run["run_id"]))
-
-
-def _string_column(codes: np.ndarray, names: Sequence[str]) -> pd.Series:
-    """names[codes] as a string column in pandas' default string dtype, built without per-row Python objects."""
-    dtype = pd.Series(["x"]).dtype
-    if getattr(dtype, "storage", None) == "pyarrow":
-        import pyarrow as pa
-
-        dictionary = pa.DictionaryArray.from_arrays(pa.array(codes.astype("int32")),
-                                                    pa.array(list(names), pa.string()))
-        return pd.Series(dictionary.cast(pa.string()).to_pandas(types_mapper={pa.string(): dtype}.get))
-    return pd.Series(np.asarray(names, dtype=object)[codes], dtype=dtype)
-
-
-def to_long(run_ids: Sequence[str], histories: Sequence[History]) -> pd.DataFrame:
-    """Histories → one long frame `run_id, epoch, metric, value` (run, then metric, then epoch; NaN dropped)."""
-    names = list(dict.fromkeys(m for h in histories for m in h.metrics))
-    index = {name: code for code, name in enumerate(names)}
-    run_codes, epochs, metric_codes = [np.empty(0, "int64")], [np.empty(0, "int64")], [np.empty(0, "int64")]
-    values = [np.empty(0)]
-    for code, history in enumerate(histories):
-        n_epochs, n_metrics = history.values.shape
-        run_codes.append(np.full(n_epochs * n_metrics, code, dtype="int64"))
-        epochs.append(np.tile(history.epochs, n_metrics))
-        metric_codes.append(np.repeat(np.array([index[m] for m in history.metrics], dtype="int64"), n_epochs))
-        values.append(history.values.T.ravel())
-    value = np.concatenate(values)
-    keep = ~np.isnan(value)
-    return pd.DataFrame({
-        "run_id": _string_column(np.concatenate(run_codes)[keep], run_ids),
-        "epoch": np.concatenate(epochs)[keep].astype("int64"),
-        "metric": _string_column(np.concatenate(metric_codes)[keep], names),
-        "value": value[keep],
-    })
 
 
 def load_histories(
@@ -463,8 +302,8 @@ def load_histories(
     """Every per-epoch metric of every run in `runs` as a long frame `run_id, epoch, metric, value`.
 
     Cached histories (ended runs, keyed by run id and end time, under `cache_dir` or `default_cache_dir()`)
-    are read locally; the others are fetched concurrently (history.csv, else metric histories) and cached.
-    Rows follow the order of `runs`, then metric (history.csv column order), then epoch.
+    are read locally; the others are fetched concurrently (the history artifact, else metric histories) and
+    cached. Rows follow the order of `runs`, then metric (the artifact's column order), then epoch.
     """
     cache = HistoryCache(cache_dir if cache_dir is not None else default_cache_dir())
     records = [
@@ -492,7 +331,7 @@ def _fetch_all(runs: list[dict[str, Any]], tracking_uri: str | None, cache: Hist
     client, uri = make_client(tracking_uri)
     fetched: dict[str, History] = {}
     bar = tqdm(total=done + len(runs), initial=done, desc="histories", unit="run", disable=not progress)
-    with _quiet_artifact_downloads(), bar, ThreadPoolExecutor(max_workers=max_workers) as pool:
+    with quiet_artifact_downloads(), bar, ThreadPoolExecutor(max_workers=max_workers) as pool:
         futures = {pool.submit(fetch_history, client, uri, run): run for run in runs}
         for future in as_completed(futures):
             run = futures[future]
@@ -500,7 +339,7 @@ def _fetch_all(runs: list[dict[str, Any]], tracking_uri: str | None, cache: Hist
                 history = future.result()
             except MlflowException as error:
                 raise StoreError(f"cannot read the history of run {run['run_id']} at {uri}: "
-                                 f"{_first_line(error)}") from None
+                                 f"{first_line(error)}") from None
             key = HistoryCache.key(run)
             if key:
                 cache.write(key, history)

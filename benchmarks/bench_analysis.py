@@ -3,10 +3,10 @@
     python benchmarks/bench_analysis.py [--runs 100] [--epochs 800] [--repeats 3]
 
 Starts `mlflow server` on 127.0.0.1 (free port, SQLite backend, proxied artifacts in a temp dir), populates it
-as training does (docs/tracking.md: params, tags, 15 per-epoch metrics, summary metrics, history.csv) with the
-depth, width, weight-decay, activation, grid and protocol sweeps of the paper (5 seeds each, plausible NC1/fn
-trajectories), then times the whole `report` command (search, histories, every table and figure, report.md),
-`--repeats` times each, and prints median and range of:
+as training does (the names of analysis/contract.py: params, tags, 15 per-epoch metrics, summary metrics, the
+history artifact) with the depth, width, weight-decay, activation, grid and protocol sweeps of the paper (5 seeds
+each, plausible NC1/fn trajectories), then times the whole `report` command (search, histories, every table and
+figure, report.md), `--repeats` times each, and prints median and range of:
 
 - cold: empty history cache, empty output directory (goal < 15 s);
 - cached: the same report again over the unchanged store — the manifest matches, nothing is rewritten
@@ -18,10 +18,10 @@ then each stage as a library call, with `build_figures` split into building, lay
 format, next to the baseline measured in the same run: saving with the layout engine live, as before
 `figures.freeze_layout` (constrained layout re-solved on every save).
 
-Population (untimed): runs, params, tags, summary metrics and history.csv go through the server's REST API; the
-1.2 M per-epoch metric rows are bulk-inserted into the server's SQLite tables (`metrics`, `latest_metrics`, the
-schema MLflow's own `log_batch` writes), because MLflow's ORM costs ~0.35 ms per metric value — 7 minutes on
-2 cores through the API. The timed part reads everything through the server.
+Population (untimed): runs, params, tags, summary metrics and the history artifact go through the server's REST
+API; the 1.2 M per-epoch metric rows are bulk-inserted into the server's SQLite tables (`metrics`,
+`latest_metrics`, the schema MLflow's own `log_batch` writes), because MLflow's ORM costs ~0.35 ms per metric
+value — 7 minutes on 2 cores through the API. The timed part reads everything through the server.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from click.testing import CliRunner  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from analysis.cli import main as cli_main  # noqa: E402
+from analysis.contract import DEFAULT_EXPERIMENT  # noqa: E402
 from tests.mlflow_fixtures import (  # noqa: E402
     DEFAULT_PARAMS, FakeRun, auto_threshold, fn_trajectory, log_run, make_fake_run, nc1_trajectory, start_mlflow_server,
 )
@@ -106,7 +107,7 @@ def insert_epoch_metrics(db_path: Path, runs: list[tuple[str, FakeRun, int]]) ->
 def populate(uri: str, db_path: Path, n_runs: int, epochs: int) -> None:
     """Log n_runs fake training runs to the server (REST for runs/params/tags/artifacts, SQL for epoch rows)."""
     client = MlflowClient(tracking_uri=uri)
-    experiment_id = client.create_experiment("ncflow")
+    experiment_id = client.create_experiment(DEFAULT_EXPERIMENT)
     runs = fake_runs(n_runs, epochs)
     base_ms = int(time.time() * 1000) - 10_000_000
 
@@ -136,7 +137,9 @@ def time_stages(uri: str, out: Path, cache: Path, empty_cache: Path) -> dict[str
     """Seconds of each stage of a report, called as library functions (where the time goes)."""
     matplotlib.use("Agg")
     from analysis import store
-    from analysis.figures import DPI, build_figures, freeze_layout, make_figures
+    from analysis.aggregate import Estimates
+    from analysis.figures import build_figures, freeze_layout, make_figures
+    from analysis.dynamics import DPI
     from analysis.tables import build_tables
 
     seconds = {}
@@ -150,20 +153,22 @@ def time_stages(uri: str, out: Path, cache: Path, empty_cache: Path) -> dict[str
     runs = timed("load_runs", lambda: store.load_runs(uri))
     timed("load_histories (cold)", lambda: store.load_histories(runs, uri, cache_dir=empty_cache))
     histories = timed("load_histories (cached)", lambda: store.load_histories(runs, uri, cache_dir=cache))
-    timed("build_tables", lambda: build_tables(runs, histories))
-    timed("build_figures (png+pdf)", lambda: build_figures(runs, histories, out, formats=("png", "pdf")))
+    estimates = Estimates(runs, histories)  # as a report: one set of estimates for the tables and the figures
+    timed("build_tables (computes the estimates)", lambda: build_tables(estimates))
+    timed("build_figures (png+pdf, estimates shared)", lambda: build_figures(estimates, out, formats=("png", "pdf")))
+
     def save(figures: dict[str, Any], formats: tuple[str, ...], prefix: str = "") -> None:
         for stem, figure in figures.items():
             for fmt in formats:
                 figure.savefig(out / f"{prefix}{stem}.{fmt}", dpi=DPI)
 
-    figures = timed("  make_figures (no drawing)", lambda: make_figures(runs, histories))
+    figures = timed("  make_figures (no drawing)", lambda: make_figures(estimates))
     timed("  layout once (+ first-draw setup)", lambda: [freeze_layout(figure) for figure in figures.values()])
     timed("  save png", lambda: save(figures, ("png",)))
     timed("  save pdf", lambda: save(figures, ("pdf",)))
     seconds["  = layout once + png + pdf"] = sum(seconds[f"  {name}"] for name in (
         "layout once (+ first-draw setup)", "save png", "save pdf"))
-    live = make_figures(runs, histories)  # the baseline: layout engine live, so each save re-solves the layout
+    live = make_figures(estimates)  # the baseline: layout engine live, so each save re-solves the layout
     timed("  baseline: png + pdf, layout per save", lambda: save(live, ("png", "pdf"), prefix="baseline-"))
     return seconds
 

@@ -1,7 +1,7 @@
 """Late-training epochs on the CPU with and without flushing denormals (`torch.set_flush_denormal`).
 
 Why: with weight decay, many weights and gradients of a long run drift into float32's denormal range (< 1.2e-38),
-where x86 arithmetic takes a slow path. ncflow's training loop flushes them to zero (`ncflow/train.py`, `prepare`).
+where x86 arithmetic takes a slow path. ncflow's training loop flushes them to zero (`ncflow/engine.py`, `prepare`).
 
 What: train the default condition (MLP-7 on `digits`, Adam 1e-3, λ = 2e-4, cosine over 600 epochs) for
 `--warmup` epochs WITHOUT flushing, so the state is what an unflushed run reaches, and save it. Then time
@@ -30,7 +30,7 @@ from ncflow.config import build_config
 from ncflow.data import load_dataset
 from ncflow.models import build_model
 from ncflow.collapse import CollapseDetector
-from ncflow.train import Setup, make_optimizer, make_scheduler, measure_epoch, train_one_epoch
+from ncflow.engine import Setup, make_optimizer, make_scheduler, measure_epoch, train_one_epoch
 
 
 def make_setup(threads: int) -> Setup:

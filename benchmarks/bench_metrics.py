@@ -15,7 +15,7 @@ Three timings, interleaved in each repeat so that load from other processes hits
 Prints median and range of each (wall clock, and process CPU time as a cross-check), the speed-up over the
 reference and metrics/epoch (with and without the forward), and checks that the reference and `collapse_metrics`
 agree on NC1 and Tr(Σ_W Σ_B⁺)/K.
-Goals (DESIGN.md, performance budget): speed-up ≥ 10×, metrics pass ≤ 0.35 × one epoch.
+Goals (the performance budget): speed-up ≥ 10×, metrics pass ≤ 0.35 × one epoch.
 
 Machine: 2 vCPU "Intel(R) Xeon(R) Processor" VM (AVX-512), 23 GiB RAM; Python 3.11.7, torch 2.14.1+cu130 (CPU),
 numpy 2.4.6. Shared with other jobs during these runs (load average 2–4 on 2 cores), so wall-clock times with two

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import fields
 from typing import Any, Callable
 
@@ -33,18 +34,21 @@ def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-def config_from_options(preset: str | None, options: dict[str, str | None]) -> RunConfig:
-    given = {name: value for name, value in options.items() if value is not None}
-    try:
-        return build_config(preset, given)
-    except ConfigError as error:
-        raise click.UsageError(str(error)) from None
-
-
 @click.group()
 @click.version_option(package_name="ncflow")
 def main() -> None:
     """Neural-collapse dynamics experiments, tracked in MLflow."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one-line output, even on a resume
+
+
+class InputError(click.ClickException):
+    """Bad input: one line `Error: …` and exit code 2, before any work or run starts."""
+
+    exit_code = 2
+
+
+# What may accompany --resume: where the run is, how to show progress. Training options come from the run.
+RESUME_OPTIONS = ("tracking_uri",)
 
 
 @main.command()
@@ -60,31 +64,107 @@ def main() -> None:
     "resume_run_id",
     metavar="RUN_ID",
     default=None,
-    help="Continue a FAILED or KILLED run from its checkpoints/last.pt (its own params; --tracking-uri applies).",
+    help="Continue a run whose process ended (crash, Ctrl-C, SIGTERM, SIGKILL) from its local record, "
+    "else its MLflow checkpoints/last.pt; takes no training options (the run's own are used).",
+)
+@click.option("--force", is_flag=True, help="With --resume: continue a FINISHED run too.")
+@click.option(
+    "--ship-timeout",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="At the end, how long to wait for a tracking server that is down; what it has not taken stays in the "
+    "local record for `ncflow sync`.",
+)
+@click.option(
+    "--record-dir",
+    default=None,
+    metavar="DIR",
+    help="Where runs keep their local crash-safe record [default: NCFLOW_RECORD_DIR, else .ncflow/runs].",
 )
 @config_options
-def train(preset: str | None, quiet: bool, resume_run_id: str | None, **options: str | None) -> None:
+def train(
+    preset: str | None, quiet: bool, resume_run_id: str | None, force: bool, ship_timeout: float,
+    record_dir: str | None, **options: str | None,
+) -> None:
     """Train one condition (Phase 1 CE → Phase 2 MSE) and log every epoch's collapse metrics to MLflow."""
+    from ncflow import tracking
     from ncflow import train as training  # torch loads only when training
 
-    config = config_from_options(preset, options)
     try:
         if resume_run_id:
-            result = training.resume(resume_run_id, tracking_uri=config.tracking_uri, progress=not quiet)
+            extra = [option_name(name) for name, value in options.items() if value is not None and name not in RESUME_OPTIONS]
+            if preset:
+                extra.insert(0, "--preset")
+            if extra:
+                raise ConfigError(f"resume: takes no training options (the run's own are used); got {', '.join(extra)}")
+            result = training.resume(
+                resume_run_id, tracking_uri=options.get("tracking_uri") or "", progress=not quiet, force=force,
+                record_dir=record_dir, ship_timeout_s=ship_timeout,
+            )
         else:
-            result = training.train(config, progress=not quiet)
+            if force:
+                raise ConfigError("force: only applies with --resume RUN_ID")
+            config = build_config(preset, {name: value for name, value in options.items() if value is not None})
+            result = training.train(config, progress=not quiet, record_dir=record_dir, ship_timeout_s=ship_timeout)
     except ConfigError as error:
-        raise click.UsageError(str(error)) from None
+        tracking.fail_adopted_run(str(error))
+        raise InputError(str(error)) from None
     t_nc = "never" if result.t_nc is None else str(result.t_nc)
     fn_star = "-" if result.fn_star is None else f"{result.fn_star:.4f}"
     click.echo(f"run {result.run_id}: {result.status}, T_NC={t_nc}, fn*={fn_star}")
 
 
 @main.command()
+@click.option("--stale", is_flag=True, required=True, help="List RUNNING training runs whose process is gone.")
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else MLflow's default).")
+@click.option("--record-dir", default=None, metavar="DIR", help="Where local run records are [default: NCFLOW_RECORD_DIR, else .ncflow/runs].")
+def runs(stale: bool, tracking_uri: str | None, record_dir: str | None) -> None:
+    """Runs needing care: `ncflow runs --stale` lists runs killed by SIGKILL or OOM (no heartbeat for 90 s)."""
+    from ncflow import run_care, tracking
+    from ncflow.run_record import record_root
+
+    try:
+        client = tracking.client_for_uri(tracking_uri)
+    except ConfigError as error:
+        raise InputError(str(error)) from None
+    found = run_care.stale_runs(client, record_root(record_dir))
+    if not found:
+        click.echo(f"no stale runs in {client.tracking_uri}")
+        return
+    click.echo(f"{'run':<32}  {'name':<36} {'experiment':<12} {'silent':>8}  {'last owner':<22} unsent")
+    for run in found:
+        unsent = "no local record" if run.unsent is None else str(run.unsent)
+        click.echo(f"{run.run_id:<32}  {run.run_name:<36} {run.experiment:<12} {run.silent_s:>7.0f}s  {run.owner:<22} {unsent}")
+    click.echo("continue one with: ncflow train --resume RUN_ID" + (f" --tracking-uri {tracking_uri}" if tracking_uri else ""))
+
+
+@main.command()
+@click.option("--tracking-uri", default=None, help="Only records of this store (default: every record's own store).")
+@click.option("--record-dir", default=None, metavar="DIR", help="Where local run records are [default: NCFLOW_RECORD_DIR, else .ncflow/runs].")
+def sync(tracking_uri: str | None, record_dir: str | None) -> None:
+    """Send MLflow what runs recorded locally while the server was down (their processes have ended)."""
+    from ncflow import run_care
+    from ncflow.run_record import record_root
+
+    root = record_root(record_dir)
+    try:
+        results = run_care.sync(root, tracking_uri)
+    except ConfigError as error:
+        raise InputError(str(error)) from None
+    if not results:
+        click.echo(f"nothing to send: every record under {root} is shipped (or still owned by a live process)")
+    for record, left in results:
+        state = "all sent" if left == 0 else f"{left} entries still unsent"
+        click.echo(f"run {record.run_id}: {state}")
+
+
+@main.command()
 @click.argument("name", required=False)
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes on this machine (the cores are split between them).")
 @click.option("--storage", default=None, metavar="URL|PATH", help="Optuna storage: a journal file (default optuna.journal), sqlite:///FILE, or postgresql://… for many machines.")
-@click.option("--dry-run", is_flag=True, help="List every grid point and whether it is done, running, failed or to do; train nothing.")
+@click.option("--dry-run", is_flag=True, help="List every grid point and whether it is done, running, failed or todo; train nothing.")
 @click.option("--dataset", default=None, help="Data set for every point (e.g. mnist-5k); `none` keeps the sweep's.")
 @click.option("--seeds", default=None, metavar="0,1,2", help="Seeds (a sweep dimension); `none` keeps the sweep's.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Pin a RunConfig field for every point (repeatable, or comma-joined: phase1_epochs=3,phase2_epochs=5).")
@@ -106,18 +186,21 @@ def sweep(
     quiet: bool,
 ) -> None:
     """Run the named sweep NAME (depth, activation, weight-decay, width, grid, intervention, protocol) exactly once per point."""
+    from analysis.mlflow_env import resolve_tracking_uri
     from ncflow import sweeps
-    from ncflow.sweep_workers import storage_kind, storage_url
+    from ncflow.sweep_grids import lookup_sweep, parse_seeds, parse_settings, resolve_points, with_seeds
+    from ncflow.sweep_plan import DONE, counts_line
+    from ncflow.sweep_storage import storage_kind, storage_url
 
     try:
-        definition = sweeps.with_seeds(sweeps.lookup_sweep(name, spec), sweeps.parse_seeds(seeds))
-        overrides = sweeps.parse_settings(settings)
+        definition = with_seeds(lookup_sweep(name, spec), parse_seeds(seeds))
+        overrides = parse_settings(settings)
         if dataset is not None and dataset.strip().lower() != "none":
             overrides["dataset"] = dataset
-        uri = sweeps.resolve_tracking(tracking_uri)
+        uri = resolve_tracking_uri(tracking_uri)
         overrides["experiment"] = experiment or sweeps.default_experiment(uri)
         overrides["tracking_uri"] = uri
-        points = sweeps.resolve_points(definition, overrides)
+        points = resolve_points(definition, overrides)
         run = sweeps.SweepRun(definition, overrides, storage_url(storage), uri, overrides["experiment"], workers, not quiet)
         storage_kind(run.storage)
     except ConfigError as error:
@@ -126,8 +209,8 @@ def sweep(
         click.echo(sweeps.dry_run(run, points))
         return
     states = sweeps.run_sweep(run, points)
-    click.echo(f"sweep {definition.name}: " + sweeps.counts_line(states))
-    unfinished = [s for s in states if s.status != "done"]
+    click.echo(f"sweep {definition.name}: " + counts_line(states))
+    unfinished = [s for s in states if s.status != DONE]
     if unfinished:
         raise click.ClickException(f"{len(unfinished)} point(s) not done; run the same command again to retry them")
 

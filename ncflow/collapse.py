@@ -1,6 +1,6 @@
 """Collapse detection, fed one epoch at a time: T_NC, fn*, T_cross, the T_NC prediction and divergence.
 
-Rules (DESIGN.md, "Collapse detection"; Rupa, arXiv:2604.00230, Sections 2.2, 5.3 and 5.6):
+Rules (Rupa, arXiv:2604.00230, Sections 2.2, 5.3 and 5.6; docs/metrics.md):
 - T_NC is the first global epoch (1-based, Phase 1 included) with NC1 < ε; fn* is fn at that epoch. The same is
   recorded for every ε in REPORTED_THRESHOLDS, so fn*'s sensitivity to ε can be checked (the paper's Table 1).
 - ε = `nc1_threshold`: a number in (0, 1), or "auto": 0.05 for GELU/Tanh or an MLP of depth ≤ 3, else 0.01.
@@ -16,11 +16,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from analysis import contract
+
 # ε under nc1_threshold="auto": "relaxed" for RELAXED_ACTIVATIONS or an MLP of depth ≤ SHALLOW_MLP_DEPTH, else "strict"
 AUTO_THRESHOLDS: Mapping[str, float] = MappingProxyType({"relaxed": 0.05, "strict": 0.01})
 RELAXED_ACTIVATIONS = frozenset({"gelu", "tanh"})
 SHALLOW_MLP_DEPTH = 3
-REPORTED_THRESHOLDS = (0.01, 0.02, 0.05)
+REPORTED_THRESHOLDS = contract.EXTRA_THRESHOLDS
 
 COLLAPSED, CROSSED, DIVERGED = "collapsed", "crossed", "diverged"  # event names returned by update()
 
@@ -67,7 +69,7 @@ class CollapseDetector:
 
     threshold: float  # ε: collapse is NC1 < threshold (resolve it with resolve_threshold)
     fn_ref: float | None = None  # fn* reference for T_cross; None disables T_cross and the prediction
-    lead: int = 62  # epochs from T_cross to the predicted T_NC
+    lead: int = contract.DEFAULT_LEAD  # epochs from T_cross to the predicted T_NC
     divergence_nc1: float = 0.5  # NC1 above this ...
     divergence_after: int = 300  # ... at a global epoch after this one means divergence
     diverged: bool = field(default=False, init=False)
@@ -172,20 +174,20 @@ class CollapseDetector:
     def status(self) -> str:
         """One of "diverged" (takes precedence), "collapsed" or "not_collapsed"."""
         if self.diverged:
-            return "diverged"
-        return "collapsed" if self.t_nc is not None else "not_collapsed"
+            return contract.STATUS_DIVERGED
+        return contract.STATUS_COLLAPSED if self.t_nc is not None else contract.STATUS_NOT_COLLAPSED
 
     def summary_metrics(self) -> dict[str, float]:
         """MLflow summary metrics, only those known: collapse/threshold, collapse/T_NC, collapse/eps_0.02/T_NC, ..."""
-        summary = {"collapse/threshold": float(self.threshold)}
+        summary = {contract.COLLAPSE_THRESHOLD: float(self.threshold)}
         known = {
-            "collapse/fn_ref": self.fn_ref,
-            "collapse/T_NC": self.t_nc,
-            "collapse/fn_star": self.fn_star,
-            "collapse/T_cross": self.t_cross,
-            "collapse/T_NC_pred": self.t_nc_pred,
+            contract.FN_REF: self.fn_ref,
+            contract.T_NC: self.t_nc,
+            contract.FN_STAR: self.fn_star,
+            contract.T_CROSS: self.t_cross,
+            contract.T_NC_PRED: self.t_nc_pred,
         }
         for eps in REPORTED_THRESHOLDS:
-            known[f"collapse/eps_{eps:g}/T_NC"], known[f"collapse/eps_{eps:g}/fn_star"] = self.at_threshold(eps)
+            known[contract.t_nc_at(eps)], known[contract.fn_star_at(eps)] = self.at_threshold(eps)
         summary.update({key: float(value) for key, value in known.items() if value is not None})
         return summary

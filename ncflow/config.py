@@ -8,13 +8,13 @@ the parameter and what is allowed, before any data is loaded or any MLflow run e
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import inspect
-import json
 import math
 import re
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
+
+from analysis import contract
 
 DATASETS = ("digits", "mnist-5k", "synthetic", "mnist", "fashion-mnist", "cifar10")
 ARCHS = ("mlp", "resnet20")
@@ -53,7 +53,7 @@ class RunConfig:
     protocol: str = "two-phase"  # two-phase | ce-only (CE for all epochs) | mse-only (MSE for all epochs)
     nc1_threshold: str = "auto"  # ε for T_NC: auto (0.05 for GELU/Tanh or MLP depth ≤ 3, else 0.01) or a number in (0, 1)
     fn_ref: str = "none"  # reference fn* for T_cross: none | a positive number | auto (mean fn* of finished runs of the condition)
-    lead: int = 62  # epochs added to T_cross to predict T_NC
+    lead: int = contract.DEFAULT_LEAD  # epochs added to T_cross to predict T_NC
     seed: int = 0  # seeds torch and the batch order
     device: str = "auto"  # auto (cuda if available) | cpu | cuda
     init_from: str = "none"  # an MLflow run id whose checkpoints/phase1_end.pt starts Phase 2 (intervention), or none
@@ -63,7 +63,7 @@ class RunConfig:
     synthetic_classes: int = 10  # synthetic data: number of classes K
     synthetic_shape: str = "1x8x8"  # synthetic data: C x H x W of each sample
     synthetic_per_class: int = 100  # synthetic data: training samples per class
-    experiment: str = "ncflow"  # MLflow experiment name
+    experiment: str = contract.DEFAULT_EXPERIMENT  # MLflow experiment name
     tracking_uri: str = ""  # MLflow tracking URI; empty: MLFLOW_TRACKING_URI, else MLflow's local default
 
     @property
@@ -92,12 +92,12 @@ class RunConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # MISSION.md §1: MNIST / MLP-5, Adam 1e-3, cosine, λ = 1e-4, 200 CE + 400 MSE epochs.
+    # The paper's MNIST protocol: MNIST / MLP-5, Adam 1e-3, cosine, λ = 1e-4, 200 CE + 400 MSE epochs.
     "paper-mnist-mlp": dict(
         dataset="mnist", arch="mlp", depth=5, width=512, activation="relu", optimizer="adam", lr=1e-3,
         weight_decay=1e-4, schedule="cosine", phase1_epochs=200, phase2_epochs=400,
     ),
-    # MISSION.md §1: CIFAR-10 / ResNet-20, SGD 0.1 Nesterov, λ = 1e-3, MultiStep at 300/450, 200 + 600 epochs.
+    # The paper's CIFAR protocol: CIFAR-10 / ResNet-20, SGD 0.1 Nesterov, λ = 1e-3, MultiStep at 300/450, 200 + 600 epochs.
     "paper-cifar-resnet20": dict(
         dataset="cifar10", arch="resnet20", optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True,
         weight_decay=1e-3, schedule="multistep", milestones=(300, 450), phase1_epochs=200, phase2_epochs=600,
@@ -106,10 +106,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # Fields that do not change what is trained: excluded from the condition hash, with seed. The early-warning
 # settings (fn_ref, lead) and stop_after_collapse only change what is reported or when the run stops.
-NON_CONDITION_FIELDS = (
-    "seed", "data_dir", "device", "checkpoint_every", "experiment", "tracking_uri", "fn_ref", "lead",
-    "stop_after_collapse",
-)
+NON_CONDITION_FIELDS = contract.NON_CONDITION_PARAMS
 
 
 def format_value(value: Any) -> str:
@@ -172,6 +169,10 @@ def build_config(preset: str | None = None, overrides: Mapping[str, Any] | None 
     return config
 
 
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
+MAX_COUNT = 10**7  # epochs, batch sizes, samples: far beyond any real run, well inside every integer type
+
+
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
@@ -221,7 +222,11 @@ def validate(config: RunConfig) -> None:
     _number_or_word("nc1_threshold", config.nc1_threshold, ("auto",), 0.0, 1.0)
     _number_or_word("fn_ref", config.fn_ref, ("none", "auto"), 0.0, math.inf)
     _require(config.lead >= 0, f"lead: expected an integer >= 0, got {config.lead}")
-    _require(config.seed >= 0, f"seed: expected an integer >= 0, got {config.seed}")
+    _require(0 <= config.seed <= MAX_SEED, f"seed: expected an integer from 0 to {MAX_SEED} (2**63 - 1), got {config.seed}")
+    for name in ("phase1_epochs", "phase2_epochs", "lead", "batch_size", "checkpoint_every", "synthetic_per_class",
+                 "synthetic_classes"):
+        value = getattr(config, name)
+        _require(value <= MAX_COUNT, f"{name}: expected an integer up to {MAX_COUNT:,}, got {value}")
     _require(
         config.rescale_alpha > 0 and math.isfinite(config.rescale_alpha),
         f"rescale_alpha: expected a positive number, got {config.rescale_alpha}",
@@ -259,39 +264,14 @@ def validate(config: RunConfig) -> None:
     _require(bool(config.experiment.strip()), "experiment: expected a non-empty MLflow experiment name")
 
 
-def condition_params(config: RunConfig) -> dict[str, str]:
-    """The params that define a condition: every field but the seed and the non-scientific ones.
-
-    `init_from` enters only as whether the run is an intervention: the seeds of one intervention
-    condition start from different Phase-1 runs but are the same condition.
-    """
-    params = {k: v for k, v in config.as_params().items() if k not in NON_CONDITION_FIELDS}
-    params["init_from"] = "none" if config.init_from == "none" else "run"
-    if config.dataset != "synthetic":
-        for name in ("synthetic_classes", "synthetic_shape", "synthetic_per_class"):
-            params.pop(name)
-    return params
-
-
 def condition_hash(config: RunConfig) -> str:
-    """A stable 12-hex hash of `condition_params` (numbers in canonical form, keys sorted)."""
-    canonical = json.dumps(condition_params(config), sort_keys=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+    """The `ncflow.condition` tag of a configuration (the rule is `analysis.contract.condition_hash`)."""
+    return contract.condition_hash(config.as_params())
 
 
 def run_name(config: RunConfig) -> str:
-    """`mlp5-relu-w512-wd1e-04-mnist-s0`: the condition at a glance, for the MLflow UI."""
-    if config.arch == "mlp":
-        model = f"mlp{config.depth}-{config.activation}-w{config.width}"
-    else:
-        model = config.arch
-    parts = [model, f"wd{config.weight_decay:.0e}", config.dataset]
-    if config.protocol != "two-phase":
-        parts.append(config.protocol)
-    if config.init_from != "none":
-        parts.append(f"a{config.rescale_alpha:g}")
-    parts.append(f"s{config.seed}")
-    return "-".join(parts)
+    """`mlp5-relu-w512-wd1e-04-mnist-s0` (the rule is `analysis.contract.run_name`)."""
+    return contract.run_name(config.as_params())
 
 
 def field_help() -> dict[str, str]:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-DATASETS = ("digits", "mnist-5k", "synthetic", "mnist", "fashion-mnist", "cifar10")
+from ncflow.config import DATASETS
 
 SPLIT_SEED = 0  # seed of the stratified splits and of the synthetic mixture: every training seed sees the same data
 SYNTHETIC_CENTRE_DISTANCE = 6.0  # expected distance between two class centres, in units of the per-pixel noise std
@@ -197,19 +197,24 @@ TORCHVISION_LAYOUTS: dict[str, tuple[str, str, tuple[str, ...]]] = {
 }
 
 
+class DataUnavailable(RuntimeError):
+    """A torchvision data set is neither under data_dir nor downloadable; the message is one line saying what to do."""
+
+
 def _torchvision_tensors(name: str, data_dir: Path, download: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Train and test tensors of a torchvision data set, from its raw arrays in one go (no per-sample transform)."""
     class_name, _, _ = TORCHVISION_LAYOUTS[name]
     missing = _missing_files(name, data_dir)
     if missing and not download:
-        raise FileNotFoundError(_missing_data_message(name, data_dir, missing, "download is off"))
+        raise DataUnavailable(_missing_data_message(name, data_dir, missing, "download is off"))
     try:
         with _socket_timeout(DOWNLOAD_TIMEOUT_S):
             train = _torchvision_split(class_name, data_dir, train=True, download=bool(missing))
             test = _torchvision_split(class_name, data_dir, train=False, download=False)
     except (OSError, RuntimeError) as error:  # urllib's URLError is an OSError; torchvision raises RuntimeError
-        reason = f"download failed ({error})" if missing else f"torchvision could not read the files ({error})"
-        raise RuntimeError(_missing_data_message(name, data_dir, _missing_files(name, data_dir), reason)) from error
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        reason = f"download failed: {first_line}" if missing else f"torchvision could not read the files: {first_line}"
+        raise DataUnavailable(_missing_data_message(name, data_dir, _missing_files(name, data_dir), reason)) from None
     return (*train, *test)
 
 

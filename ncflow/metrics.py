@@ -24,7 +24,9 @@ from dataclasses import dataclass
 
 import torch
 
-METRIC_NAMES = ("nc1", "nc1_pinv", "nc2", "nc2_equinorm", "nc3", "nc4", "fn", "ncc", "flatness")
+from analysis.contract import COLLAPSE_METRIC_NAMES
+
+METRIC_NAMES = COLLAPSE_METRIC_NAMES  # the keys of collapse_metrics; logged as `nc/<name>`
 
 _CHUNK_ELEMENTS = 1 << 18  # rows per chunk × d: 2 MiB of float64, so a chunk stays in cache between its steps
 _PINV_RCOND = 1e-15  # Σ_B⁺ keeps eigenvalues above this × the largest: np.linalg.pinv's default, as in Papyan's code

@@ -1,52 +1,48 @@
-"""Everything MLflow: the run's name, params, tags, metrics, checkpoints and resume.
+"""Training's side of MLflow: open (or adopt) the run and write its params and tags; read runs back.
 
-What is written here is the contract in docs/tracking.md; `analysis/store.py` reads it back.
-Per-epoch metrics go through MLflow's asynchronous `log_batch`, so a slow store never stalls training.
+Everything a run logs while it trains goes through its local record (`ncflow.run_record`) and the
+shipper (`ncflow.shipper`); the calls here run before training starts (the store checked, the run
+created, params written) or read what MLflow holds (checkpoints, earlier runs, logged rows for a resume).
+Every name comes from `analysis.contract` (listed in docs/tracking.md).
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 import tempfile
 import time
 from contextlib import suppress
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
-import mlflow
-import pandas as pd
 import torch
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from analysis import contract
+from analysis.mlflow_env import StoreUnavailable, adopted_experiment_name, adopted_run_id, check_store, resolve_tracking_uri
 from ncflow import __version__
 from ncflow.config import ConfigError, RunConfig, build_config, condition_hash, parse_field, run_name
 
-TAG_KIND = "ncflow.kind"
-TAG_CONDITION = "ncflow.condition"
-TAG_SWEEP = "ncflow.sweep"
-TAG_STATUS = "ncflow.status"
-TAG_FAIL_REASON = "ncflow.fail_reason"
-TAG_DIVERGENCE_REASON = "ncflow.divergence_reason"
-TAG_PARENT = "mlflow.parentRunId"
-
-CHECKPOINT_DIR = "checkpoints"
-HISTORY_FILE = "history.csv"
-CONFIG_FILE = "config.json"
-
-
-def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
-    """The given URI, else MLFLOW_TRACKING_URI, else MLflow's embedded default (sqlite:///mlflow.db).
-
-    Read afresh each time and never set globally, so one process can train into several stores.
-    """
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
-
 
 def client_for(config: RunConfig) -> MlflowClient:
-    return MlflowClient(tracking_uri=resolve_tracking_uri(config.tracking_uri))
+    """A client for the run's store, checked first: a bad or unreachable store is a one-line ConfigError."""
+    return client_for_uri(config.tracking_uri)
+
+
+def client_for_uri(tracking_uri: str | None) -> MlflowClient:
+    uri = resolve_tracking_uri(tracking_uri)
+    try:
+        check_store(uri)
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)
+    except StoreUnavailable as error:
+        raise ConfigError(str(error)) from None
+    except Exception as error:  # MLflow's own refusal of the URI, its database, or its server
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"tracking_uri: cannot use the MLflow store {uri!r}: {first[:300]}") from None
+    return client
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
@@ -76,7 +72,7 @@ def git_commit() -> str:
     return "unknown"
 
 
-def _same_value(name: str, logged: str, wanted: str) -> bool:
+def logged_param_matches(name: str, logged: str, wanted: str) -> bool:
     """`mlflow run -P weight_decay=2e-4` logs `2e-4`; ncflow means the same number `0.0002`."""
     if logged == wanted:
         return True
@@ -92,142 +88,111 @@ def log_config_params(client: MlflowClient, run_id: str, config: RunConfig) -> N
     for name, value in config.as_params().items():
         if name not in logged:
             missing.append(Param(name, value))
-        elif not _same_value(name, logged[name], value):
+        elif not logged_param_matches(name, logged[name], value):
             raise ConfigError(f"{name}: the run already has {logged[name]!r}, the configuration says {value!r}")
     for start in range(0, len(missing), 100):
         client.log_batch(run_id, params=missing[start : start + 100], synchronous=True)
 
 
 def with_adopted_experiment(client: MlflowClient, config: RunConfig) -> RunConfig:
-    """Under `mlflow run` (MLFLOW_RUN_ID set) the experiment is the one MLflow put the run in."""
-    adopted_run_id = os.environ.get("MLFLOW_RUN_ID")
-    if not adopted_run_id:
-        return config
-    experiment_id = client.get_run(adopted_run_id).info.experiment_id
-    return config.replace(experiment=client.get_experiment(experiment_id).name)
+    """Under `mlflow run` the experiment is the one MLflow put the run in."""
+    experiment = adopted_experiment_name(client)
+    return config if experiment is None else config.replace(experiment=experiment)
 
 
 def open_run(
+    client: MlflowClient,
     config: RunConfig,
     *,
     sweep: str | None = None,
     parent_run_id: str | None = None,
     extra_tags: Mapping[str, str] | None = None,
-) -> tuple[MlflowClient, str]:
-    """Start (or, under `mlflow run`, adopt) the training run and write its params and tags."""
-    client = client_for(config)
-    adopted_run_id = os.environ.get("MLFLOW_RUN_ID")
-    if adopted_run_id:  # under `mlflow run`: MLflow made the run, in the experiment it was told
-        run_id = adopted_run_id
+) -> str:
+    """Start (or, under `mlflow run`, adopt) the training run and write its params and tags; its id."""
+    adopted = adopted_run_id()
+    if adopted:  # under `mlflow run`: MLflow made the run, in the experiment it was told
+        run_id = adopted
         config = with_adopted_experiment(client, config)
     else:
         experiment_id = ensure_experiment(client, config.experiment)
         run_id = client.create_run(experiment_id, run_name=run_name(config)).info.run_id
     tags = {
-        "mlflow.runName": run_name(config),
-        TAG_KIND: "train",
-        TAG_CONDITION: condition_hash(config),
-        TAG_STATUS: "running",
-        "ncflow.version": __version__,
-        "ncflow.git_commit": git_commit(),
+        contract.TAG_RUN_NAME: run_name(config),
+        contract.TAG_KIND: contract.KIND_TRAIN,
+        contract.TAG_CONDITION: condition_hash(config),
+        contract.TAG_STATUS: contract.STATUS_RUNNING,
+        contract.TAG_VERSION: __version__,
+        contract.TAG_GIT_COMMIT: git_commit(),
     }
     if sweep:
-        tags[TAG_SWEEP] = sweep
+        tags[contract.TAG_SWEEP] = sweep
     if parent_run_id:
-        tags[TAG_PARENT] = parent_run_id
+        tags[contract.TAG_PARENT_RUN] = parent_run_id
     tags.update(extra_tags or {})
     client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()], synchronous=True)
     log_config_params(client, run_id, config)
-    return client, run_id
-
-
-class EpochLogger:
-    """Buffers per-epoch metrics and sends them as asynchronous `log_batch` calls, a few seconds' worth at a time.
-
-    Each store write has a fixed cost (~25 ms against local sqlite, more through a server) that the logging
-    thread takes from the cores training runs on; one write per `flush_every_s` instead of one per epoch keeps
-    logging a few percent of the loop (benchmarks/bench_logging.py). `close` sends the rest and waits for all.
-    """
-
-    MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch
-
-    def __init__(self, client: MlflowClient, run_id: str, flush_every_s: float = 5.0) -> None:
-        self.client = client
-        self.run_id = run_id
-        self.flush_every_s = flush_every_s
-        self._buffer: list[Metric] = []
-        self._last_flush = time.monotonic()
-        self._pending: list[Any] = []
-
-    def log(self, step: int, metrics: Mapping[str, float]) -> None:
-        timestamp = int(time.time() * 1000)
-        self._buffer.extend(Metric(key, float(value), timestamp, step) for key, value in metrics.items())
-        due = time.monotonic() - self._last_flush >= self.flush_every_s
-        if due or len(self._buffer) >= self.MAX_METRICS_PER_BATCH - 100:
-            self.flush()
-
-    def flush(self) -> None:
-        """Queue everything buffered (without waiting for the store)."""
-        buffer, self._buffer = self._buffer, []
-        self._last_flush = time.monotonic()
-        for start in range(0, len(buffer), self.MAX_METRICS_PER_BATCH):
-            batch = buffer[start : start + self.MAX_METRICS_PER_BATCH]
-            operation = self.client.log_batch(self.run_id, metrics=batch, synchronous=False)
-            if operation is not None:
-                self._pending.append(operation)
-
-    def close(self) -> None:
-        self.flush()
-        pending, self._pending = self._pending, []
-        for operation in pending:
-            operation.wait()
-
-
-def log_summary(client: MlflowClient, run_id: str, metrics: Mapping[str, float]) -> None:
-    timestamp = int(time.time() * 1000)
-    batch = [Metric(key, float(value), timestamp, 0) for key, value in metrics.items()]
-    if batch:
-        client.log_batch(run_id, metrics=batch, synchronous=True)
+    return run_id
 
 
 def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:
     client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
 
 
-def log_checkpoint(client: MlflowClient, run_id: str, name: str, state: Mapping[str, Any]) -> None:
-    """Save `state` as `checkpoints/<name>.pt` in the run's artifacts."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"{name}.pt"
-        torch.save(dict(state), path)
-        client.log_artifact(run_id, str(path), artifact_path=CHECKPOINT_DIR)
-
-
 def load_checkpoint(client: MlflowClient, run_id: str, name: str) -> dict[str, Any]:
-    """Download and load `checkpoints/<name>.pt` of a run (weights_only: no code runs on load)."""
+    """Download and load `checkpoints/<name>.pt` of a run (weights_only: no code runs on load).
+
+    Raises MlflowException when the run has no such artifact, and ValueError naming the artifact when it
+    is not a readable checkpoint (truncated, empty, or not a torch file).
+    """
     with tempfile.TemporaryDirectory() as tmp:
-        path = client.download_artifacts(run_id, f"{CHECKPOINT_DIR}/{name}.pt", tmp)
-        return torch.load(path, map_location="cpu", weights_only=True)
+        path = client.download_artifacts(run_id, contract.checkpoint_path(name), tmp)
+        return load_state_file(Path(path), f"MLflow artifact {contract.checkpoint_path(name)} of run {run_id}")
 
 
-def log_history(client: MlflowClient, run_id: str, rows: Iterable[Mapping[str, float]]) -> None:
-    """Every epoch's metrics as `history.csv` (columns: epoch, then the per-epoch metric keys)."""
-    frame = pd.DataFrame(list(rows))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / HISTORY_FILE
-        frame.to_csv(path, index=False)
-        client.log_artifact(run_id, str(path))
+def load_state_file(path: Path, label: str) -> dict[str, Any]:
+    """`torch.load(weights_only=True)` of a checkpoint file; ValueError naming `label` when unreadable."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated, zero bytes, or another format: torch raises several types
+        detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{label} is not a readable checkpoint ({detail})") from None
+    if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
+        raise ValueError(f"{label} is not an ncflow checkpoint (no model and epoch)")
+    return state
 
 
-def log_json(client: MlflowClient, run_id: str, payload: Mapping[str, Any], file_name: str) -> None:
-    client.log_dict(run_id, dict(payload), file_name)
+def logged_epoch_rows(client: MlflowClient, run_id: str, after: int) -> dict[int, dict[str, float]]:
+    """Per-epoch rows MLflow already holds for steps > `after`, complete rows only, each with its timestamp."""
+    values: dict[int, dict[str, float]] = {}
+    stamps: dict[int, int] = {}
+    for key in contract.PER_EPOCH_METRICS:
+        for metric in client.get_metric_history(run_id, key):
+            if metric.step > after:
+                values.setdefault(metric.step, {})[key] = metric.value
+                stamps[metric.step] = metric.timestamp
+    complete = {step: row for step, row in values.items() if len(row) == len(contract.PER_EPOCH_METRICS)}
+    return {step: {"ts": stamps[step], **row} for step, row in complete.items()}
 
 
-def log_figure(client: MlflowClient, run_id: str, figure: Any, artifact_file: str) -> None:
-    client.log_figure(run_id, figure, artifact_file)
+def fail_adopted_run(reason: str) -> None:
+    """Under `mlflow run`, end the run MLflow made for us FAILED, with the reason as tag and description.
 
-
-def finish_run(client: MlflowClient, run_id: str, status: str) -> None:
-    client.set_terminated(run_id, status=status)
+    Best effort: it runs on the way out of a bad start, where the store itself may be what failed.
+    """
+    run_id = adopted_run_id()
+    if run_id is None:
+        return
+    with suppress(Exception):
+        uri = resolve_tracking_uri(None)
+        check_store(uri)  # a store that is down would otherwise keep this exit waiting for minutes
+        client = MlflowClient(tracking_uri=uri)
+        tags = {
+            contract.TAG_STATUS: contract.STATUS_FAILED,
+            contract.TAG_FAIL_REASON: reason[:5000],
+            contract.TAG_NOTE: f"**ncflow did not start:** {reason}",
+        }
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()], synchronous=True)
+        client.set_terminated(run_id, status="FAILED")
 
 
 def config_of_run(client: MlflowClient, run_id: str) -> RunConfig:
@@ -235,12 +200,6 @@ def config_of_run(client: MlflowClient, run_id: str) -> RunConfig:
     params = client.get_run(run_id).data.params
     known = {name: value for name, value in params.items() if name in RunConfig.__dataclass_fields__}
     return build_config(None, known)
-
-
-def reopen_run(client: MlflowClient, run_id: str) -> None:
-    """Mark a FAILED/KILLED run RUNNING again so training can continue in it."""
-    client.update_run(run_id, status="RUNNING")
-    set_tags(client, run_id, {TAG_STATUS: "running", TAG_FAIL_REASON: ""})
 
 
 def require_run(client: MlflowClient, run_id: str, parameter: str) -> None:
@@ -259,40 +218,15 @@ def reference_fn_star(client: MlflowClient, config: RunConfig) -> float | None:
     runs = client.search_runs(
         [experiment.experiment_id],
         filter_string=(
-            f"tags.`{TAG_CONDITION}` = '{condition_hash(config)}' and tags.`{TAG_STATUS}` = 'collapsed' "
+            f"tags.`{contract.TAG_CONDITION}` = '{condition_hash(config)}' "
+            f"and tags.`{contract.TAG_STATUS}` = '{contract.STATUS_COLLAPSED}' "
             f"and attributes.status = 'FINISHED'"
         ),
         max_results=1000,
     )
     values = [
-        run.data.metrics["collapse/fn_star"]
+        run.data.metrics[contract.FN_STAR]
         for run in runs
-        if "collapse/fn_star" in run.data.metrics and not _same_value("seed", run.data.params.get("seed", ""), str(config.seed))
+        if contract.FN_STAR in run.data.metrics and not contract.same_number(run.data.params.get("seed", ""), config.seed)
     ]
     return sum(values) / len(values) if values else None
-
-
-def finished_runs_of(client: MlflowClient, experiment_id: str, condition: str, seed: int) -> list[Any]:
-    """FINISHED training runs of a condition and seed (how sweeps recognise a done grid point)."""
-    return client.search_runs(
-        [experiment_id],
-        filter_string=(
-            f"tags.`{TAG_CONDITION}` = '{condition}' and params.seed = '{seed}' and attributes.status = 'FINISHED'"
-        ),
-        max_results=100,
-    )
-
-
-def log_dynamics_figure(
-    client: MlflowClient,
-    run_id: str,
-    history: list[Mapping[str, float]],
-    summary: Mapping[str, float],
-    config: RunConfig,
-) -> None:
-    """`figures/dynamics.png`: the analysis package's Figure-1 drawing of this run's history."""
-    from analysis.figures import plot_dynamics  # one drawing for the run's artifact and the report
-
-    run = {**summary, **config.as_params(), "run_id": run_id, "run_name": run_name(config)}
-    axes = plot_dynamics(pd.DataFrame(list(history)), run)
-    client.log_figure(run_id, axes[0].figure, "figures/dynamics.png")

@@ -20,3 +20,21 @@ def mlflow_store(tmp_path: Path, mlflow_template_db: Path, monkeypatch: pytest.M
     """A fresh SQLite tracking store in tmp_path (never the working tree's mlflow.db); its URI is explicit."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return local_store(tmp_path / "store", mlflow_template_db)
+
+
+@pytest.fixture(autouse=True)
+def run_records_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's training runs keep their local records in its tmp dir, never in the working tree."""
+    root = tmp_path / "ncflow-records"
+    monkeypatch.setenv("NCFLOW_RECORD_DIR", str(root))
+    return root
+
+
+@pytest.fixture
+def cli_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A temp sqlite store as MLFLOW_TRACKING_URI, no adopted run, tmp_path as the working directory: a CLI's world."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return uri

@@ -1,7 +1,7 @@
 """Populate a real MLflow store exactly as ncflow training logs it (docs/tracking.md), for analysis tests.
 
-No torch: these helpers write the documented contract directly through `MlflowClient` (only the torch-free
-`ncflow.config` is imported, for the condition hash's field list), so analysis tests (and
+No torch: these helpers write the names of `analysis.contract` directly through `MlflowClient` (the torch-free
+`ncflow.config` and `ncflow.collapse` give the default params and the ε rule), so analysis tests (and
 `benchmarks/bench_analysis.py`) run on any machine.
 
 Typical use::
@@ -19,8 +19,6 @@ Typical use::
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
 import os
 import shutil
@@ -37,59 +35,21 @@ import numpy as np
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from ncflow.config import NON_CONDITION_FIELDS as _NON_CONDITION  # the one definition (needs no torch)
+from analysis import contract
+from analysis.contract import EXTRA_THRESHOLDS, PER_EPOCH_METRICS, condition_hash, run_name
+from ncflow.collapse import auto_threshold as _auto_threshold  # torch-free, the rule training applies
+from ncflow.config import build_config
 
-# Per-epoch metric keys in history.csv column order (docs/tracking.md "Per-epoch metrics").
-PER_EPOCH_METRICS: tuple[str, ...] = (
-    "train/loss", "train/acc", "test/acc", "lr", "phase", "nc/nc1", "nc/nc1_pinv", "nc/nc2",
-    "nc/nc2_equinorm", "nc/nc3", "nc/nc4", "nc/fn", "nc/ncc", "nc/flatness", "time/epoch_s",
-)
-EXTRA_THRESHOLDS: tuple[float, ...] = (0.01, 0.02, 0.05)
-
-# Every RunConfig field as the string training logs (ncflow/config.py), paper MNIST/MLP protocol.
-DEFAULT_PARAMS: dict[str, str] = {
-    "dataset": "mnist", "data_dir": "data", "arch": "mlp", "depth": "5", "width": "512", "activation": "relu",
-    "optimizer": "adam", "lr": "0.001", "momentum": "0.9", "nesterov": "false", "weight_decay": "0.0001",
-    "schedule": "cosine", "milestones": "300,450", "lr_gamma": "0.1", "batch_size": "128",
-    "phase1_epochs": "200", "phase2_epochs": "600", "protocol": "two-phase", "nc1_threshold": "auto",
-    "fn_ref": "none", "lead": "62", "seed": "0", "device": "auto", "init_from": "none", "rescale_alpha": "1.0",
-    "stop_after_collapse": "off", "checkpoint_every": "50", "synthetic_classes": "10", "synthetic_shape": "1x8x8",
-    "synthetic_per_class": "100", "experiment": "ncflow", "tracking_uri": "",
-}
+# Every RunConfig field as the string training logs, paper MNIST/MLP protocol.
+DEFAULT_PARAMS: dict[str, str] = build_config("paper-mnist-mlp", {"dataset": "mnist"}).as_params()
 BATCH_LIMIT = 1000  # MLflow's maximum number of metrics in one log_batch call
 
 
-def condition_hash(params: Mapping[str, str]) -> str:
-    """12-hex hash of the scientific params without the seed, as `ncflow.config.condition_hash` computes it."""
-    condition = {k: v for k, v in params.items() if k not in _NON_CONDITION}
-    condition["init_from"] = "none" if params["init_from"] == "none" else "run"
-    if params["dataset"] != "synthetic":
-        for name in ("synthetic_classes", "synthetic_shape", "synthetic_per_class"):
-            condition.pop(name, None)
-    return hashlib.sha256(json.dumps(condition, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def run_name(params: Mapping[str, str]) -> str:
-    """`mlp5-relu-w512-wd1e-04-mnist-s0`, the naming rule of docs/tracking.md."""
-    if params["arch"] == "mlp":
-        model = f"mlp{params['depth']}-{params['activation']}-w{params['width']}"
-    else:
-        model = params["arch"]
-    parts = [model, f"wd{float(params['weight_decay']):.0e}", params["dataset"]]
-    if params["protocol"] != "two-phase":
-        parts.append(params["protocol"])
-    if params["init_from"] != "none":
-        parts.append(f"a{float(params['rescale_alpha']):g}")
-    parts.append(f"s{params['seed']}")
-    return "-".join(parts)
-
-
 def auto_threshold(params: Mapping[str, str]) -> float:
-    """ε of `nc1_threshold=auto`: 0.05 for GELU/Tanh or an MLP of depth ≤ 3, else 0.01."""
+    """ε of the run's `nc1_threshold` (`auto`: the paper's rule)."""
     if params["nc1_threshold"] != "auto":
         return float(params["nc1_threshold"])
-    shallow = params["arch"] == "mlp" and int(params["depth"]) <= 3
-    return 0.05 if params["activation"] in ("gelu", "tanh") or shallow else 0.01
+    return _auto_threshold(params["arch"], int(params["depth"]), params["activation"])
 
 
 def first_epoch_below(curve: np.ndarray, level: float, epochs: np.ndarray) -> int | None:
@@ -127,28 +87,29 @@ def history_columns(
     """Every per-epoch metric of docs/tracking.md for given NC1 and fn curves (others derived deterministically)."""
     total = float(epochs[-1])
     phase = np.where(epochs <= phase1_epochs, 1.0, 2.0)
-    return {
-        "train/loss": 0.5 * nc1 + 1e-3,
-        "train/acc": 1.0 - 0.1 * np.minimum(nc1, 1.0),
-        "test/acc": 0.98 - 0.05 * np.minimum(nc1, 1.0),
-        "lr": lr * 0.5 * (1.0 + np.cos(np.pi * epochs / total)),
-        "phase": phase,
-        "nc/nc1": nc1,
-        "nc/nc1_pinv": 0.9 * nc1,
-        "nc/nc2": 0.5 * np.sqrt(nc1),
-        "nc/nc2_equinorm": 0.1 * np.sqrt(nc1),
-        "nc/nc3": 0.3 * np.sqrt(nc1),
-        "nc/nc4": 0.05 * nc1,
-        "nc/fn": fn,
-        "nc/ncc": 20.0 * nc1,
-        "nc/flatness": 0.01 * fn,
-        "time/epoch_s": np.full(epochs.shape, 0.25),
+    columns = {
+        contract.TRAIN_LOSS: 0.5 * nc1 + 1e-3,
+        contract.TRAIN_ACC: 1.0 - 0.1 * np.minimum(nc1, 1.0),
+        contract.TEST_ACC: 0.98 - 0.05 * np.minimum(nc1, 1.0),
+        contract.NC1: nc1,
+        contract.NC1_PINV: 0.9 * nc1,
+        contract.NC2: 0.5 * np.sqrt(nc1),
+        contract.NC2_EQUINORM: 0.1 * np.sqrt(nc1),
+        contract.NC3: 0.3 * np.sqrt(nc1),
+        contract.NC4: 0.05 * nc1,
+        contract.FN: fn,
+        contract.NCC: 20.0 * nc1,
+        contract.FLATNESS: 0.01 * fn,
+        contract.LR: lr * 0.5 * (1.0 + np.cos(np.pi * epochs / total)),
+        contract.PHASE: phase,
+        contract.EPOCH_TIME: np.full(epochs.shape, 0.25),
     }
+    return {name: columns[name] for name in PER_EPOCH_METRICS}
 
 
 def history_csv(columns: Mapping[str, np.ndarray], epochs: np.ndarray) -> str:
     """history.csv text: `epoch` then every per-epoch metric, one row per epoch, floats in repr form."""
-    lines = [",".join(("epoch", *columns))]
+    lines = [",".join((contract.HISTORY_EPOCH, *columns))]
     for row, epoch in enumerate(epochs):
         lines.append(",".join((str(int(epoch)), *(repr(float(values[row])) for values in columns.values()))))
     return "\n".join(lines) + "\n"
@@ -157,23 +118,23 @@ def history_csv(columns: Mapping[str, np.ndarray], epochs: np.ndarray) -> str:
 def summary_metrics(nc1: np.ndarray, fn: np.ndarray, epochs: np.ndarray, threshold: float, fn_ref: float | None,
                     lead: int, phase1_epochs: int) -> dict[str, float]:
     """The step-0 `collapse/*` metrics training logs when known."""
-    summary = {"collapse/threshold": threshold}
+    summary = {contract.COLLAPSE_THRESHOLD: threshold}
     for eps in EXTRA_THRESHOLDS:
         t = first_epoch_below(nc1, eps, epochs)
         if t is not None:
-            summary[f"collapse/eps_{eps:g}/T_NC"] = float(t)
-            summary[f"collapse/eps_{eps:g}/fn_star"] = float(fn[epochs == t][0])
+            summary[contract.t_nc_at(eps)] = float(t)
+            summary[contract.fn_star_at(eps)] = float(fn[epochs == t][0])
     t_nc = first_epoch_below(nc1, threshold, epochs)
     if t_nc is not None:
-        summary["collapse/T_NC"] = float(t_nc)
-        summary["collapse/fn_star"] = float(fn[epochs == t_nc][0])
+        summary[contract.T_NC] = float(t_nc)
+        summary[contract.FN_STAR] = float(fn[epochs == t_nc][0])
     if fn_ref is not None:
-        summary["collapse/fn_ref"] = fn_ref
+        summary[contract.FN_REF] = fn_ref
         phase2 = epochs > phase1_epochs
         t_cross = first_epoch_below(np.where(phase2, fn, np.inf), fn_ref, epochs)
         if t_cross is not None:
-            summary["collapse/T_cross"] = float(t_cross)
-            summary["collapse/T_NC_pred"] = float(t_cross + lead)
+            summary[contract.T_CROSS] = float(t_cross)
+            summary[contract.T_NC_PRED] = float(t_cross + lead)
     return summary
 
 
@@ -229,17 +190,17 @@ def make_fake_run(
     columns = history_columns(nc1, fn, epochs, phase1_epochs, float(logged["lr"]))
     summary = summary_metrics(nc1, fn, epochs, threshold, fn_ref, int(logged["lead"]), phase1_epochs)
     if status is None:
-        status = "collapsed" if "collapse/T_NC" in summary else "not_collapsed"
-    tags = {"ncflow.kind": "train", "ncflow.condition": condition_hash(logged), "ncflow.status": status,
-            "ncflow.git_commit": "0" * 40, "ncflow.version": "0.1.0"}
+        status = contract.STATUS_COLLAPSED if contract.T_NC in summary else contract.STATUS_NOT_COLLAPSED
+    tags = {contract.TAG_KIND: contract.KIND_TRAIN, contract.TAG_CONDITION: condition_hash(logged),
+            contract.TAG_STATUS: status, contract.TAG_GIT_COMMIT: "0" * 40, contract.TAG_VERSION: "0.1.0"}
     if sweep is not None:
-        tags["ncflow.sweep"] = sweep
+        tags[contract.TAG_SWEEP] = sweep
     if parent_run_id is not None:
-        tags["mlflow.parentRunId"] = parent_run_id
-    if status == "failed":
-        tags["ncflow.fail_reason"] = "RuntimeError: CUDA out of memory"
-    if status == "diverged":
-        tags["ncflow.divergence_reason"] = f"NC1 {nc1[-1]:.2f} > 0.5 after epoch 300"
+        tags[contract.TAG_PARENT_RUN] = parent_run_id
+    if status == contract.STATUS_FAILED:
+        tags[contract.TAG_FAIL_REASON] = "RuntimeError: CUDA out of memory"
+    if status == contract.STATUS_DIVERGED:
+        tags[contract.TAG_DIVERGENCE_REASON] = f"NC1 {nc1[-1]:.2f} > 0.5 after epoch 300"
     return FakeRun(logged, tags, run_name(logged), status, epochs, columns, summary)
 
 
@@ -266,7 +227,7 @@ def log_run(
         for begin in range(0, len(metrics), BATCH_LIMIT):
             client.log_batch(run_id, metrics=metrics[begin:begin + BATCH_LIMIT])
     if write_history_csv:
-        client.log_text(run_id, run.history_csv(), "history.csv")
+        client.log_text(run_id, run.history_csv(), contract.HISTORY_FILE)
     if run.status != "running":
         mlflow_status = "FAILED" if run.status == "failed" else "FINISHED"
         client.set_terminated(run_id, mlflow_status, end_time=start_ms + 1000 * (int(run.epochs[-1]) + 1))
@@ -311,7 +272,7 @@ def log_fake_training_run(
 
 def log_sweep_parent(client: MlflowClient, experiment_id: str, sweep: str) -> str:
     """A sweep parent run (`sweep-NAME`, tag ncflow.kind=sweep), FINISHED; return its run id."""
-    run = client.create_run(experiment_id, tags={"ncflow.kind": "sweep", "ncflow.sweep": sweep},
+    run = client.create_run(experiment_id, tags={contract.TAG_KIND: contract.KIND_SWEEP, contract.TAG_SWEEP: sweep},
                             run_name=f"sweep-{sweep}")
     client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
@@ -367,35 +328,51 @@ def _wait_healthy(url: str, process: subprocess.Popen, log_path: Path, timeout_s
     raise RuntimeError(f"mlflow server at {url} not healthy after {timeout_s:.0f} s: {log_path.read_text()[-2000:]}")
 
 
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1 that a test can stop and start again on the same port (an outage).
+
+    SQLite backend `root/server.db` (a copy of template_db when given), proxied artifacts under `root/artifacts`.
+    """
+
+    def __init__(self, root: Path, workers: int = 2, template_db: Path | None = None, port: int | None = None) -> None:
+        self.root, self.workers = root, workers
+        root.mkdir(parents=True, exist_ok=True)
+        if template_db is not None and not (root / "server.db").exists():
+            shutil.copyfile(template_db, root / "server.db")
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 90.0) -> str:
+        log_path = self.root / "server.log"
+        command = [
+            sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
+            "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port),
+            "--workers", str(self.workers),
+        ]
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no background job workers: faster start, fewer processes
+        with open(log_path, "a") as log:
+            self.process = subprocess.Popen(command, cwd=self.root, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                            start_new_session=True)
+        _wait_healthy(self.url, self.process, log_path, timeout_s)
+        return self.url
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _stop(self.process)
+            self.process = None
+
+
 @contextlib.contextmanager
 def start_mlflow_server(root: Path, workers: int = 2, timeout_s: float = 90.0,
                         template_db: Path | None = None) -> Iterator[str]:
-    """Run `mlflow server` on 127.0.0.1 (free port; SQLite backend `root/server.db`, a copy of template_db when
-    given; proxied artifacts under `root/artifacts`).
-
-    Yields the tracking URI `http://127.0.0.1:PORT` once `/health` answers; stops the server on exit.
-    """
-    root.mkdir(parents=True, exist_ok=True)
-    if template_db is not None:
-        shutil.copyfile(template_db, root / "server.db")
-    port = free_port()
-    log_path = root / "server.log"
-    command = [
-        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
-        "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-        "--workers", str(workers),
-    ]
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no background job workers: faster start, fewer processes
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                   start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    """Run `mlflow server` on 127.0.0.1 (free port); yields its URI once `/health` answers, stops it on exit."""
+    server = MlflowServer(root, workers, template_db)
     try:
-        _wait_healthy(url, process, log_path, timeout_s)
-        yield url
+        yield server.start(timeout_s)
     finally:
-        _stop(process)
+        server.stop()
 
 
 def _stop(process: subprocess.Popen) -> None:

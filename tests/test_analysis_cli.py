@@ -1,4 +1,8 @@
-"""`ncflow-analysis` against a real `mlflow server` on 127.0.0.1 (SQLite backend, proxied artifacts in a temp dir)."""
+"""`ncflow-analysis` against a real `mlflow server` on 127.0.0.1 (SQLite backend, proxied artifacts in a temp dir).
+
+The server is shared by the module; every test that uses it is `slow`. `report`'s pieces (key, manifest, MLflow
+logging) are also tested without a server in tests/test_analysis_report.py.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,8 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from analysis import cli, store
+from analysis import contract as c
+from analysis import report, store
 from analysis.cli import main
 from tests import mlflow_fixtures as fx
 
@@ -36,7 +41,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, mlflow_template_db: Path) -
     root = tmp_path_factory.mktemp("server")
     with fx.start_mlflow_server(root, workers=1, template_db=mlflow_template_db) as uri:
         client = MlflowClient(tracking_uri=uri)
-        experiment_id = client.create_experiment("ncflow")
+        experiment_id = client.create_experiment(c.DEFAULT_EXPERIMENT)
         parent = fx.log_sweep_parent(client, experiment_id, "depth")
         for depth, seeds in SWEEP.items():
             for seed, (t_nc, fn_star) in enumerate(seeds):
@@ -51,6 +56,7 @@ def invoke(*args: str) -> object:
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
+@pytest.mark.slow
 def test_report_writes_tables_figures_and_logs_itself(server, tmp_path):
     out, cache = tmp_path / "report", tmp_path / "cache"
     result = invoke("report", "--tracking-uri", server["uri"], "--out", str(out), "--cache-dir", str(cache),
@@ -66,20 +72,23 @@ def test_report_writes_tables_figures_and_logs_itself(server, tmp_path):
         assert (out / "tables" / f"table2_depth.{fmt}").stat().st_size > 0
     pngs = sorted((out / "figures").glob("*.png"))
     assert pngs and not list((out / "figures").glob("*.pdf"))
-    report = (out / "report.md").read_text()
-    assert "experiment 'ncflow'" in report and server["uri"] in report and "6 runs (6 collapsed)" in report
-    assert "(tables/table2_depth.csv)" in report and "| 2 | 3 | 3/3 |" in report  # Depth | N | Collapsed
-    assert all(f"(figures/{png.name})" in report for png in pngs)
+    markdown = (out / "report.md").read_text()
+    assert f"experiment {c.DEFAULT_EXPERIMENT!r}" in markdown and server["uri"] in markdown
+    assert "6 runs (6 collapsed)" in markdown
+    assert "(tables/table2_depth.csv)" in markdown and "| 2 | 3 | 3/3 |" in markdown  # Depth | N | Collapsed
+    assert all(f"(figures/{png.name})" in markdown for png in pngs)
     assert len(list(cache.glob("*.npz"))) == 6  # one cached history per finished run
 
-    analysis = store.load_runs(server["uri"], kind="analysis")
+    analysis = store.load_runs(server["uri"], kind=c.KIND_ANALYSIS)
     assert len(analysis) == 1 and analysis.loc[0, "run_name"].startswith("analysis-all-")
+    assert analysis.loc[0, "kind"] == c.KIND_ANALYSIS
     logged = {f.path for f in server["client"].list_artifacts(analysis.loc[0, "run_id"])}
     assert {"report.md", "tables", "figures"} <= logged
     # The analysis run is not a training run: the next report still reads 6 runs.
     assert len(store.load_runs(server["uri"])) == 6
 
 
+@pytest.mark.slow
 def test_tables_command_writes_only_the_chosen_formats(server, tmp_path):
     result = invoke("tables", "--tracking-uri", server["uri"], "--sweep", "depth", "--out", str(tmp_path),
                     "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--format", "md,csv")
@@ -88,6 +97,7 @@ def test_tables_command_writes_only_the_chosen_formats(server, tmp_path):
     assert str(tmp_path / "table2_depth.csv") in result.output
 
 
+@pytest.mark.slow
 def test_runs_command_lists_name_status_t_nc_and_fn_star(server):
     result = invoke("runs", "--tracking-uri", server["uri"])
     assert result.exit_code == 0, result.output
@@ -97,10 +107,12 @@ def test_runs_command_lists_name_status_t_nc_and_fn_star(server):
     assert lines[-1] == "6 runs: 6 collapsed"
 
 
+@pytest.mark.slow
 def test_errors_are_one_line_and_say_what_was_searched(server, monkeypatch):
     result = invoke("runs", "--tracking-uri", server["uri"], "--sweep", "width")
     assert result.exit_code == 1
-    assert result.output == f"Error: no runs found in experiment 'ncflow', sweep 'width' at {server['uri']}\n"
+    searched = f"experiment {c.DEFAULT_EXPERIMENT!r}, sweep 'width' at {server['uri']}"
+    assert result.output == f"Error: no runs found in {searched}\n"
 
     result = invoke("runs", "--tracking-uri", server["uri"], "--experiment", "nope")
     assert result.output == f"Error: no experiment named 'nope' in the tracking store at {server['uri']}\n"
@@ -121,9 +133,10 @@ def test_errors_are_one_line_and_say_what_was_searched(server, monkeypatch):
     assert result.exit_code == 2 and "'docx' not in md,csv,tex" in result.output
 
 
+@pytest.mark.slow
 def test_repeated_report_rewrites_nothing_until_the_store_changes(server, tmp_path, monkeypatch):
     client = server["client"]
-    experiment_id = client.create_experiment("repeat")  # its own experiment: "ncflow" keeps its 6 runs
+    experiment_id = client.create_experiment("repeat")  # its own experiment: the default one keeps its 6 runs
 
     def log_run(seed: int) -> None:
         nc1, fn = curves(5 + seed, 1.2)
@@ -140,13 +153,13 @@ def test_repeated_report_rewrites_nothing_until_the_store_changes(server, tmp_pa
     first_s = time.perf_counter() - start
     assert first.exit_code == 0 and "from 2 runs" in first.output and "up to date" not in first.output
     written = {path: path.stat().st_mtime_ns for path in out.rglob("*") if path.is_file()}
-    assert out / cli.MANIFEST in written and any(path.suffix == ".png" for path in written)
+    assert out / report.MANIFEST in written and any(path.suffix == ".png" for path in written)
 
     def rebuild(*args: object, **kwargs: object) -> None:
         raise AssertionError("an unchanged store was read or rendered again")
 
     with monkeypatch.context() as patch:  # the repeat reads the run list only: no history, table or figure
-        for module, name in ((store, "load_histories"), (cli, "write_tables"), (cli, "write_figures")):
+        for module, name in ((store, "load_histories"), (report, "write_tables"), (report, "write_figures")):
             patch.setattr(module, name, rebuild)
         start = time.perf_counter()
         second = invoke(*args)
@@ -165,13 +178,8 @@ def test_repeated_report_rewrites_nothing_until_the_store_changes(server, tmp_pa
     assert "up to date" in invoke(*args).output
 
 
-def test_report_key_is_none_while_a_run_may_change():
-    source = cli.Source("sqlite:///x.db", "ncflow", None, None, False)
-    runs = pd.DataFrame({"run_id": ["a", "b"], "mlflow_status": ["FINISHED", "FINISHED"],
-                         "end_time": pd.array([10, 20], dtype="Int64")})
-    key = cli.report_key(source, runs, ["md"], ["png"])
-    assert key is not None and key == cli.report_key(source, runs.copy(), ["md"], ["png"])
-    assert key != cli.report_key(source, runs, ["md"], ["png", "pdf"])
-    assert key != cli.report_key(source, runs.assign(end_time=pd.array([10, 21], dtype="Int64")), ["md"], ["png"])
-    running = runs.assign(mlflow_status=["FINISHED", "RUNNING"], end_time=pd.array([10, None], dtype="Int64"))
-    assert cli.report_key(source, running, ["md"], ["png"]) is None
+
+@pytest.mark.parametrize("command", ["report", "tables", "figures", "runs"])
+def test_every_command_has_help(command):
+    result = invoke(command, "--help")
+    assert result.exit_code == 0 and "--tracking-uri" in result.output and f"tag {c.TAG_SWEEP}" in result.output

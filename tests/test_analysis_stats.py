@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from analysis import stats
+from analysis.contract import DEFAULT_LEAD
 
 T_975_DF2 = 4.302652729911275  # Student-t 0.975 quantile, df = 2 (tables: 4.303)
 T_975_DF3 = 3.182446305284263  # df = 3 (tables: 3.182)
@@ -178,15 +179,17 @@ def test_loso_fn_ref_is_the_mean_of_the_other_seeds():
 
 def test_lead_time_stats_in_sample_and_leave_one_out():
     # T_NC 100, 120, 150; T_cross 50, 60, 80 → leads 50, 60, 70: mean 60, std 10.
-    # T_cross + 62 = 112, 122, 142 → errors 12, 2, 8 → MAE 22/3.
+    # T_cross + 65 = 115, 125, 145 → errors 15, 5, 5 → MAE 25/3.
     # LOSO lead of each run = mean of the other two: 65, 60, 55 → predictions 115, 120, 135
     # → errors 15, 0, 15 → MAE 10.
     # A fourth run that never crossed (NaN) is left out of both and counted.
-    result = stats.lead_time_stats([100, 120, 150, 90], [50, 60, 80, math.nan], lead=62,
+    result = stats.lead_time_stats([100, 120, 150, 90], [50, 60, 80, math.nan], lead=65,
                                    t_cross_loso=[50, 60, 80, math.nan])
     assert (result.n, result.n_no_cross) == (3, 1)
     assert (result.lead_mean, result.lead_std) == (60.0, 10.0)
-    assert result.abs_errors == (12.0, 2.0, 8.0)
-    assert result.mae == pytest.approx(22 / 3, rel=1e-12)
+    assert result.abs_errors == (15.0, 5.0, 5.0)
+    assert result.mae == pytest.approx(25 / 3, rel=1e-12)
     assert (result.loso_n, result.loso_lead_mean, result.loso_mae) == (3, 60.0, 10.0)
-    assert math.isnan(stats.lead_time_stats([100], [50]).loso_mae)  # no LOSO T_cross given
+    default = stats.lead_time_stats([100], [50])
+    assert math.isnan(default.loso_mae)  # no LOSO T_cross given
+    assert default.lead == DEFAULT_LEAD  # the paper's lead unless told otherwise

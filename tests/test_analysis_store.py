@@ -6,11 +6,13 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from analysis import contract as c
 from analysis import store
 from tests import mlflow_fixtures as fx
 
@@ -39,9 +41,9 @@ def populated(mlflow_store: fx.LocalStore) -> dict[str, str]:
     ids["wd"] = _log(mlflow_store, eid, nc1_curve=NC1_FLAT, sweep="weight_decay", params={"weight_decay": "5e-4"},
                      start_time_ms=4_000)
     ids["untagged"] = _log(mlflow_store, eid, depth=3, sweep=None, start_time_ms=5_000)
-    client.delete_tag(ids["untagged"], "ncflow.kind")
+    client.delete_tag(ids["untagged"], c.TAG_KIND)
     ids["failed"] = _log(mlflow_store, eid, depth=2, status="failed", start_time_ms=6_000)
-    analysis = client.create_run(eid, run_name="analysis-all", tags={"ncflow.kind": "analysis"})
+    analysis = client.create_run(eid, run_name="analysis-all", tags={c.TAG_KIND: c.KIND_ANALYSIS})
     ids["analysis"] = analysis.info.run_id
     return ids
 
@@ -55,6 +57,18 @@ def test_parse_param_reads_numbers_words_and_strings():
     assert store.parse_param("auto") == "auto" and store.parse_param("300,450") == "300,450"
 
 
+def test_same_param_value_compares_parsed_values():
+    assert store.same_param_value(store.parse_param("2e-4"), store.parse_param("0.0002"))
+    assert store.same_param_value(7, 7.0) and store.same_param_value(None, float("nan"))
+    assert not store.same_param_value(True, 1) and not store.same_param_value("auto", None)
+
+
+def test_tag_columns_are_the_contract_tags():
+    assert store.TAG_COLUMNS["status"] == c.TAG_STATUS and store.TAG_COLUMNS["kind"] == c.TAG_KIND
+    assert set(store.TAG_COLUMNS) <= set(store.FIXED_COLUMNS)
+    assert store.HISTORY_ARTIFACT == c.HISTORY_FILE and store.SUMMARY_PREFIXES == c.SUMMARY_PREFIXES
+
+
 def test_load_runs_rows_columns_and_types(mlflow_store, populated):
     runs = store.load_runs(mlflow_store.uri)
     # Training runs and the untagged run, in start order; not the sweep parent, not the analysis run.
@@ -62,9 +76,9 @@ def test_load_runs_rows_columns_and_types(mlflow_store, populated):
     assert list(runs.columns[: len(store.FIXED_COLUMNS)]) == list(store.FIXED_COLUMNS)
     first = runs.iloc[0]
     assert first["run_name"] == "mlp5-relu-w512-wd1e-04-mnist-s0"
-    assert first["mlflow_status"] == "FINISHED" and first["status"] == "collapsed" and first["sweep"] == "depth"
+    assert first["mlflow_status"] == "FINISHED" and first["status"] == c.STATUS_COLLAPSED and first["sweep"] == "depth"
     assert first["start_time"] == 1_000 and first["end_time"] == 1_000 + 1000 * 5  # fixture: start + (epochs + 1) s
-    assert first["parent_run_id"] == populated["parent"] and first["kind"] == "train"
+    assert first["parent_run_id"] == populated["parent"] and first["kind"] == c.KIND_TRAIN
     assert first["condition"] == fx.condition_hash(dict(fx.DEFAULT_PARAMS, depth="5", phase1_epochs="2",
                                                         phase2_epochs="2"))
     # Params parsed: ints, floats (2e-4 and 0.0002 alike), bools, none/off, "auto", lists as strings.
@@ -74,12 +88,12 @@ def test_load_runs_rows_columns_and_types(mlflow_store, populated):
     assert runs["fn_ref"].isna().all() and runs["stop_after_collapse"].isna().all()
     assert set(runs["nc1_threshold"]) == {"auto"} and set(runs["milestones"]) == {"300,450"}
     # Metrics: summary values and the last per-epoch value; the metric `lr` yields to the param `lr`.
-    assert first["collapse/T_NC"] == 3.0 and first["collapse/fn_star"] == 1.1
-    assert first["collapse/threshold"] == 0.01 and first["collapse/eps_0.05/T_NC"] == 3.0  # 0.2 ≥ 0.05 > 0.008
-    assert first["nc/nc1"] == 0.004 and first["nc/fn"] == 1.0 and first["phase"] == 2.0
-    assert first["lr"] == 0.001 and first["metrics.lr"] == pytest.approx(0.0)  # cosine ends at 0
+    assert first[c.T_NC] == 3.0 and first[c.FN_STAR] == 1.1
+    assert first[c.COLLAPSE_THRESHOLD] == 0.01 and first[c.t_nc_at(0.05)] == 3.0  # 0.2 ≥ 0.05 > 0.008
+    assert first[c.NC1] == 0.004 and first[c.FN] == 1.0 and first[c.PHASE] == 2.0
+    assert first["lr"] == 0.001 and first[f"metrics.{c.LR}"] == pytest.approx(0.0)  # cosine ends at 0
     wd = runs[runs["run_id"] == populated["wd"]].iloc[0]
-    assert wd["status"] == "not_collapsed" and np.isnan(wd["collapse/T_NC"]) and wd["nc/nc1"] == 0.03
+    assert wd["status"] == c.STATUS_NOT_COLLAPSED and np.isnan(wd[c.T_NC]) and wd[c.NC1] == 0.03
     failed = runs[runs["run_id"] == populated["failed"]].iloc[0]
     assert failed["mlflow_status"] == "FAILED" and failed["fail_reason"].startswith("RuntimeError")
 
@@ -98,10 +112,15 @@ def test_load_runs_filters(mlflow_store, populated):
     assert names(params={"activation": "gelu"}) == set()
     assert names(params={"no_such_param": "1"}) == set()
     assert names(kind="sweep") == {"parent"}
-    assert names(kind="analysis") == {"analysis"}
+    assert names(kind=c.KIND_ANALYSIS) == {"analysis"}
     assert names(kind="any") == set(populated)
     assert names(sweep="width") == set()
     assert store.load_runs(mlflow_store.uri, sweep="width").columns.tolist() == list(store.FIXED_COLUMNS)
+
+
+def test_load_runs_reads_the_store_named_by_the_environment(mlflow_store, populated, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store.uri)  # no URI given: the environment's
+    assert set(store.load_runs()["run_id"]) == set(store.load_runs(mlflow_store.uri)["run_id"])
 
 
 def test_load_runs_names_what_it_could_not_find(mlflow_store):
@@ -126,7 +145,8 @@ def test_histories_equal_what_was_logged_from_csv_and_from_metric_history(mlflow
     eid = mlflow_store.experiment()
     spec = dict(depth=5, seed=0, nc1_curve=NC1, fn_curve=FN, phase1_epochs=2, sweep="depth")
     with_csv = fx.log_run(mlflow_store.client, eid, fx.make_fake_run(**spec), start_time_ms=1_000)
-    # An intervention-style run starting at epoch 3 and without history.csv: read through get_metric_history.
+    # An intervention-style run starting at epoch 3 and without the history artifact: read through
+    # get_metric_history.
     late = fx.make_fake_run(**{**spec, "seed": 1, "start_epoch": 3})
     without_csv = fx.log_run(mlflow_store.client, eid, late, write_history_csv=False, start_time_ms=2_000)
     runs = store.load_runs(mlflow_store.uri)
@@ -138,7 +158,7 @@ def test_histories_equal_what_was_logged_from_csv_and_from_metric_history(mlflow
     from_csv = histories[histories["run_id"] == with_csv].reset_index(drop=True)
     pd.testing.assert_frame_equal(from_csv, _logged_long(expected, with_csv), check_dtype=False)
     assert len(from_csv) == 4 * 15 and set(from_csv["metric"]) == set(fx.PER_EPOCH_METRICS)  # no summary metrics
-    nc1 = from_csv[from_csv["metric"] == "nc/nc1"]
+    nc1 = from_csv[from_csv["metric"] == c.NC1]
     assert list(nc1["epoch"]) == [1, 2, 3, 4] and list(nc1["value"]) == NC1
 
     from_metrics = histories[histories["run_id"] == without_csv]
@@ -172,14 +192,15 @@ def test_running_runs_are_not_cached(mlflow_store, tmp_path):
     runs = store.load_runs(mlflow_store.uri)
     assert runs["mlflow_status"].tolist() == ["RUNNING"] and runs["end_time"].isna().all()
     before = store.load_histories(runs, mlflow_store.uri, cache_dir=cache)
-    mlflow_store.client.log_metric(run_id, "nc/nc1", 0.002, step=5)  # training goes on
+    mlflow_store.client.log_metric(run_id, c.NC1, 0.002, step=5)  # training goes on
     after = store.load_histories(runs, mlflow_store.uri, cache_dir=cache)
     assert not list(cache.glob("*.npz"))
-    assert before[before["metric"] == "nc/nc1"]["epoch"].max() == 4
-    assert after[after["metric"] == "nc/nc1"].tail(1)[["epoch", "value"]].values.tolist() == [[5, 0.002]]
+    assert before[before["metric"] == c.NC1]["epoch"].max() == 4
+    assert after[after["metric"] == c.NC1].tail(1)[["epoch", "value"]].values.tolist() == [[5, 0.002]]
 
 
 def test_analysis_never_imports_torch():
-    code = ("import sys, analysis.store, analysis.cli, analysis.tables, analysis.figures, analysis.stats; "
-            "sys.exit('torch' in sys.modules)")
+    modules = sorted(f"analysis.{path.stem}" for path in Path(store.__file__).parent.glob("*.py"))
+    assert {"analysis.cli", "analysis.report", "analysis.tables", "analysis.figures", "analysis.store"} <= set(modules)
+    code = f"import sys, {', '.join(modules)}; sys.exit('torch' in sys.modules or 'ncflow' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

@@ -1,4 +1,5 @@
-"""analysis.tables: the paper's tables from a real MLflow store (through analysis.store) and from toy frames.
+"""analysis.tables (with analysis.aggregate's estimates): the paper's tables from a real MLflow store (through
+analysis.store) and from toy frames.
 
 The store fixture logs runs exactly as training does (tests/mlflow_fixtures.py), with NC1 and fn curves built
 so that T_NC and fn* are known by construction: NC1 crosses ε at the chosen epoch and fn* = fn there.
@@ -16,7 +17,9 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from analysis import stats, store, tables
+from analysis import contract as c
+from analysis import early_warning, selection, stats, store, tables
+from analysis.aggregate import Estimates
 from tests import mlflow_fixtures as fx
 
 PHASE1, EPOCHS = 10, 40
@@ -39,7 +42,7 @@ def store_frames(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame
     root = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{root}/mlflow.db"
     client = MlflowClient(tracking_uri=uri)
-    experiment_id = client.create_experiment("ncflow", artifact_location=(root / "artifacts").as_uri())
+    experiment_id = client.create_experiment(c.DEFAULT_EXPERIMENT, artifact_location=(root / "artifacts").as_uri())
     parent = fx.log_sweep_parent(client, experiment_id, "depth")
     for seed, (t_nc, fn_star) in enumerate([(25, 1.0), (27, 1.1), (29, 1.2)]):
         _log(client, experiment_id, 5, seed, t_nc, fn_star, sweep="depth", parent_run_id=parent)
@@ -53,9 +56,13 @@ def store_frames(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame
     return runs, store.load_histories(runs, uri, cache_dir=root / "cache")
 
 
+def build(runs: pd.DataFrame, histories: pd.DataFrame | None = None) -> dict[str, tables.Table]:
+    return tables.build_tables(Estimates(runs, histories))
+
+
 def test_depth_table_from_the_store(store_frames: tuple[pd.DataFrame, pd.DataFrame]):
     runs, histories = store_frames
-    table = tables.build_tables(runs, histories)["table2_depth"]
+    table = build(runs, histories)["table2_depth"]
     frame = table.frame.set_index("Depth")
     # depth 5: T_NC 25, 27, 29 → 27 ± 2; fn* 1.0, 1.1, 1.2 → 1.100 ± 0.100, CV 9.1 %;
     # t-CI 1.1 ± 4.30265 · 0.1/√3 = 1.1 ± 0.24841; bootstrap: P(all three = 1.0) = 1/27 > 2.5 % → [1.000, 1.200].
@@ -80,7 +87,7 @@ def test_depth_table_from_the_store(store_frames: tuple[pd.DataFrame, pd.DataFra
 
 def test_weight_decay_table_shows_dnf_and_borrows_the_shared_condition(store_frames):
     runs, histories = store_frames
-    table = tables.build_tables(runs, histories)["table4_weight_decay"]
+    table = build(runs, histories)["table4_weight_decay"]
     frame = table.frame.set_index("λ")
     assert list(frame.index) == ["1e-04", "5e-04"]
     # λ = 1e-4 was trained by the depth sweep (depth 5) and is borrowed: same three seeds.
@@ -93,7 +100,7 @@ def test_weight_decay_table_shows_dnf_and_borrows_the_shared_condition(store_fra
 
 def test_summary_table_counts_a_shared_run_once(store_frames):
     runs, histories = store_frames
-    table = tables.build_tables(runs, histories)["table5_summary"]
+    table = build(runs, histories)["table5_summary"]
     frame = table.frame.set_index("Condition")
     # depth sweep: 5 collapsed (3 + 2); WD sweep: the 3 borrowed depth-5 runs; combined: 5, not 8.
     assert frame.loc["Depth sweep", "N"] == 5 and frame.loc["WD sweep", "N"] == 3
@@ -104,16 +111,17 @@ def test_summary_table_counts_a_shared_run_once(store_frames):
 
 def test_only_tables_whose_runs_exist(store_frames):
     runs, histories = store_frames
-    built = tables.build_tables(runs, histories)
+    built = build(runs, histories)
     assert set(built) == {"table1_threshold", "table2_depth", "table4_weight_decay", "table5_summary"}
-    assert tables.build_tables(runs.iloc[0:0], histories.iloc[0:0]) == {}
+    assert build(runs.iloc[0:0], histories.iloc[0:0]) == {}
+    assert set(tables.build_tables(runs, histories)) == set(built)  # the runs-and-histories shorthand
     bare = pd.DataFrame({name: pd.Series(dtype=object) for name in store.FIXED_COLUMNS})  # load_runs with no match
-    assert tables.build_tables(bare, histories.iloc[0:0]) == {}
+    assert build(bare, histories.iloc[0:0]) == {}
 
 
 def test_table_write_md_csv_tex(store_frames, tmp_path: Path):
     runs, histories = store_frames
-    table = tables.build_tables(runs, histories)["table2_depth"]
+    table = build(runs, histories)["table2_depth"]
     paths = table.write(tmp_path, "table2_depth")
     assert [p.name for p in paths] == ["table2_depth.md", "table2_depth.csv", "table2_depth.tex"]
     markdown = paths[0].read_text(encoding="utf-8")
@@ -134,30 +142,29 @@ def frame_of(*runs: dict[str, object]) -> pd.DataFrame:
     for index, run in enumerate(runs):
         run = dict(run)
         metrics = run.pop("metrics", {})
-        status = run.pop("status", "collapsed" if "collapse/T_NC" in metrics else "not_collapsed")
+        status = run.pop("status", c.STATUS_COLLAPSED if c.T_NC in metrics else c.STATUS_NOT_COLLAPSED)
         sweep = run.pop("sweep", None)
         params = dict(fx.DEFAULT_PARAMS, **{k: str(v) for k, v in run.items()})
         fixed = {name: None for name in store.FIXED_COLUMNS}
         fixed.update(run_id=f"r{index}", run_name=fx.run_name(params), start_time=index, status=status,
-                     condition=fx.condition_hash(params), sweep=sweep, kind="train", mlflow_status="FINISHED")
+                     condition=fx.condition_hash(params), sweep=sweep, kind=c.KIND_TRAIN, mlflow_status="FINISHED")
         records.append((fixed, {k: store.parse_param(v) for k, v in params.items()}, metrics))
     return store.runs_frame(records)
 
 
 def collapsed(t_nc: float, fn_star: float, eps: float = 0.01, **extra: float) -> dict[str, float]:
-    return {"collapse/T_NC": t_nc, "collapse/fn_star": fn_star, "collapse/threshold": eps, **extra}
+    return {c.T_NC: t_nc, c.FN_STAR: fn_star, c.COLLAPSE_THRESHOLD: eps, **extra}
 
 
 def test_threshold_table_ratio_of_means():
     # A: fn*(0.01) = 1.0, fn*(0.02) = 1.2 → ratio 1.20; B: 1.0 and 1.0 → 1.00;
     # mean ratio 1.10 ± std(1.2, 1.0) = 0.14.
+    at01, at02 = c.fn_star_at(0.01), c.fn_star_at(0.02)
     runs = frame_of(
-        {"depth": 5, "seed": 0, "metrics": collapsed(30, 1.0, **{"collapse/eps_0.01/fn_star": 1.0,
-                                                                   "collapse/eps_0.02/fn_star": 1.2})},
-        {"depth": 7, "seed": 0, "metrics": collapsed(30, 1.0, **{"collapse/eps_0.01/fn_star": 1.0,
-                                                                   "collapse/eps_0.02/fn_star": 1.0})},
+        {"depth": 5, "seed": 0, "metrics": collapsed(30, 1.0, **{at01: 1.0, at02: 1.2})},
+        {"depth": 7, "seed": 0, "metrics": collapsed(30, 1.0, **{at01: 1.0, at02: 1.0})},
     )
-    table = tables.threshold_table(runs)
+    table = tables.threshold_table(Estimates(runs))
     assert list(table.frame["Ratio"]) == ["1.20", "1.00", "1.10 ± 0.14"]
     assert table.data["ratio"].tolist() == pytest.approx([1.2, 1.0], abs=1e-12)
 
@@ -170,7 +177,7 @@ def test_grid_table_anova_and_effects_reproduce_the_paper():
         {"arch": arch, "dataset": dataset, "seed": seed, "sweep": "grid", "metrics": collapsed(100, mean + delta)}
         for (arch, dataset), mean in means.items() for seed, delta in enumerate((-0.01, 0.01))
     ])
-    table = tables.grid_table(runs)
+    table = tables.grid_table(Estimates(runs))
     frame = table.frame.set_index(["Dataset", "Architecture"])
     assert frame.loc[("mnist", "ResNet-20"), "fn* (mean ± std)"] == "5.867 ± 0.014"
     notes = "\n".join(table.notes)
@@ -192,10 +199,10 @@ def test_intervention_table_p_values_against_control():
     after = {1.0: 16.2, 0.3: 4.9, 3.0: 48.7}
     runs = frame_of(*[
         {"init_from": f"phase1-{seed}", "rescale_alpha": alpha, "seed": seed, "sweep": "intervention",
-         "metrics": collapsed(t_nc, 1.1, **{"intervention/fn_after": after[alpha]})}
+         "metrics": collapsed(t_nc, 1.1, **{c.INTERVENTION_FN_AFTER: after[alpha]})}
         for alpha, values in samples.items() for seed, t_nc in enumerate(values)
     ])
-    frame = tables.intervention_table(runs).frame.set_index("α")
+    frame = tables.intervention_table(Estimates(runs)).frame.set_index("α")
     assert frame.loc["1", "Condition"] == "Control" and frame.loc["0.3", "Condition"] == "Scale-down"
     assert frame.loc["0.3", "T_NC"] == "317 ± 6" and frame.loc["3", "T_NC"] == "317 ± 46"
     assert (frame.loc["0.3", "p vs control (Student)"], frame.loc["3", "p vs control (Student)"]) == ("0.22", "0.42")
@@ -209,7 +216,7 @@ def test_width_table_regression_notes():
     widths = [128, 256, 512, 1024]
     runs = frame_of(*[{"width": w, "sweep": "width", "metrics": collapsed(400 - w / 8, 2 / math.sqrt(w))}
                       for w in widths])
-    notes = "\n".join(tables.width_table(runs).notes)
+    notes = "\n".join(tables.width_table(Estimates(runs)).notes)
     assert "fn* ∝ width^-0.500 (R² = 1.00" in notes
     assert "Pearson r of mean T_NC on width: r = -1.00" in notes
 
@@ -228,18 +235,42 @@ def test_lead_time_from_fn_histories():
                       for s, (_, t, f) in enumerate(fn.values())])
     epochs = np.arange(1, 9)
     histories = pd.concat([  # the long histories frame: run_id, epoch, metric, value
-        pd.DataFrame({"run_id": f"r{index}", "epoch": np.tile(epochs, 2), "metric": ["nc/fn"] * 8 + ["phase"] * 8,
+        pd.DataFrame({"run_id": f"r{index}", "epoch": np.tile(epochs, 2), "metric": [c.FN] * 8 + [c.PHASE] * 8,
                       "value": np.concatenate([curve, np.where(epochs <= 2, 1.0, 2.0)])})
         for index, (curve, _, _) in enumerate(fn.values())
     ], ignore_index=True)
-    frame = tables.lead_time_frame(runs, histories, by="width")
+    frame = early_warning.lead_time_frame(runs, histories, by="width")
     assert frame["fn_ref"].tolist() == [1.125] * 3
     assert frame["T_cross"].tolist() == [8.0, 4.0, 6.0]
     assert frame["fn_ref_loso"].tolist() == [1.0625, 1.1875, 1.125]
     assert frame["T_cross_loso"].tolist()[1:] == [4.0, 6.0] and math.isnan(frame["T_cross_loso"].iloc[0])
-    # leads T_NC − T_cross = −2, 4, −1 → mean 1/3; T_cross + 62 errors 64, 58, 63 → MAE 185/3 = 61.7.
-    expected = stats.lead_time_stats([6, 8, 5], [8, 4, 6], 62)
+    # leads T_NC − T_cross = −2, 4, −1 → mean 1/3; T_cross + DEFAULT_LEAD errors 64, 58, 63 → MAE 185/3 = 61.7.
+    expected = stats.lead_time_stats([6, 8, 5], [8, 4, 6], c.DEFAULT_LEAD)
     assert expected.mae == pytest.approx(185 / 3)
-    table = tables.lead_time_table(runs, histories)
-    assert "MAE of T_cross + 62 = 61.7 epochs" in " ".join(table.notes)
+    estimates = Estimates(runs, histories)
+    table = tables.lead_time_table(estimates)
+    assert f"MAE of T_cross + {c.DEFAULT_LEAD} = 61.7 epochs" in " ".join(table.notes)
+    # the split histories give the same crossings as the long frame: one pivot for the lead times and figures
+    pd.testing.assert_frame_equal(early_warning.lead_time_frame(runs, estimates.lookup, by="width"), frame)
+    pd.testing.assert_frame_equal(estimates.lead_time.frame, frame)
     assert table.frame["T_cross (LOSO)"].tolist() == ["never", "4", "6"]
+
+
+def test_design_params_are_the_condition_params_but_init_from():
+    # Every logged param is either a design param, a param outside the condition, or init_from (told apart by
+    # selection.is_intervention): a new RunConfig field must be placed in one of them.
+    assert set(selection.DESIGN_PARAMS).isdisjoint(c.NON_CONDITION_PARAMS)
+    assert set(selection.DESIGN_PARAMS) | set(c.NON_CONDITION_PARAMS) | {"init_from"} == set(fx.DEFAULT_PARAMS)
+
+
+def test_estimates_are_computed_once_and_shared(monkeypatch):
+    runs = frame_of(*[{"width": w, "seed": s, "sweep": "width", "metrics": collapsed(400 - w / 8 + s, 2 / math.sqrt(w))}
+                      for w in (128, 256, 512) for s in range(2)])
+    estimates = Estimates(runs)
+    width = tables.width_table(estimates)
+    calls = []
+    monkeypatch.setattr(stats, "describe", lambda *args, **kwargs: calls.append(args))
+    assert estimates.family("width") is estimates.family("width")
+    again = tables.width_table(estimates)  # the family's summaries and the fit are not recomputed
+    assert calls == [] and again.notes == width.notes
+    pd.testing.assert_frame_equal(again.data, width.data)

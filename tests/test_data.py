@@ -103,7 +103,7 @@ def test_unknown_dataset_names_the_option_and_the_allowed_values() -> None:
 @pytest.mark.parametrize("name", ["mnist", "fashion-mnist", "cifar10"])
 def test_missing_data_dir_without_download_fails_at_once_naming_the_files(name: str, tmp_path: Path) -> None:
     started = time.perf_counter()
-    with pytest.raises(FileNotFoundError) as error:
+    with pytest.raises(ncflow.data.DataUnavailable) as error:
         load_dataset(name, tmp_path / "nowhere", download=False)
     assert time.perf_counter() - started < 1.0
     message = str(error.value)

@@ -141,7 +141,7 @@ def test_unequal_class_sizes_and_a_single_sample_class_match_reference() -> None
 def test_flatness_equals_petzka_kappa_from_the_explicit_hessian() -> None:
     # For mean CE over samples, ∂²L/∂W² = (1/N) Σ_i (diag(p_i) − p_i p_iᵀ) ⊗ h_i h_iᵀ, so its (s, s') d×d block has
     # trace (1/N) Σ_i (δ_ss' p_is − p_is p_is') ‖h_i‖², and Petzka's κ_Tr = Σ_{s,s'} ⟨w_s, w_s'⟩ Tr(H_ss') equals
-    # (1/N) Σ_i ‖h_i‖² (Σ_j p_ij ‖w_j‖² − ‖Σ_j p_ij w_j‖²): DESIGN.md's κ.
+    # (1/N) Σ_i ‖h_i‖² (Σ_j p_ij ‖w_j‖² − ‖Σ_j p_ij w_j‖²): the flatness κ of docs/metrics.md.
     features, labels, weight, bias = clustered_problem(7, 3, 4, seed=5)
 
     def mean_cross_entropy(flat_weight: torch.Tensor) -> torch.Tensor:

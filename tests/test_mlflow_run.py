@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +44,7 @@ def test_mlflow_run_in_the_current_environment(tmp_path):
     check_the_run(mlflow_run(tmp_path, "--env-manager", "local", timeout=300))
 
 
+@pytest.mark.slow
 def test_mlflow_run_plain_builds_its_virtualenv(tmp_path):
     check_the_run(mlflow_run(tmp_path, timeout=1500))
 
@@ -59,3 +61,7 @@ def test_mlflow_run_rejects_a_bad_parameter_before_training(tmp_path):
     (run,) = MlflowClient(uri).search_runs(["0"])
     assert run.info.status == "FAILED"
     assert run.data.metrics == {} and "ncflow.kind" not in run.data.tags
+    # ...and says why, in the tags and as the run's description in the UI.
+    reason = "activation: 'swish' is not one of relu, gelu, tanh"
+    assert run.data.tags["ncflow.fail_reason"] == reason and run.data.tags["ncflow.status"] == "failed"
+    assert reason in run.data.tags["mlflow.note.content"]

@@ -17,9 +17,31 @@ import optuna
 import pytest
 from click.testing import CliRunner
 
-from ncflow import sweep_workers as sw
-from ncflow import sweeps
+from analysis.contract import (
+    CHECKPOINT_PHASE1_END,
+    FAIL_REASON_INTERRUPTED,
+    KIND_SWEEP,
+    KIND_TRAIN,
+    STATUS_COLLAPSED,
+    SWEEP_DONE,
+    SWEEP_REMAINING,
+    SWEEP_SUMMARY_FILE,
+    T_NC,
+    TAG_CONDITION,
+    TAG_FAIL_REASON,
+    TAG_KIND,
+    TAG_PARENT_RUN,
+    TAG_STATUS,
+    TAG_SWEEP,
+    TAG_TRIAL,
+    checkpoint_path,
+)
 from ncflow.cli import main
+from ncflow.sweep_grids import NAMED_SWEEPS, parse_seeds, parse_settings, resolve_points, with_seeds
+from ncflow.sweep_liveness import STALE_REASON
+from ncflow.sweep_runs import finished_result, trial_tag
+from ncflow.sweep_storage import DEFAULT_STORAGE, open_storage, storage_kind, storage_url, study_trials
+from ncflow.sweep_trials import ATTR_OWNER, ATTR_RUN_ID, ATTR_STATUS, ATTR_T_NC, objective_value
 from tests.mlflow_fixtures import LocalStore
 from tests.postgres_server import PostgresUnavailable, start_postgres
 
@@ -51,20 +73,20 @@ def invoke(store: LocalStore, *args: str, expect: int = 0) -> str:
 def training_runs(store: LocalStore) -> list:
     experiment = store.client.get_experiment_by_name("ncflow")
     runs = store.client.search_runs([experiment.experiment_id], max_results=1000)
-    return [r for r in runs if r.data.tags.get("ncflow.kind") == "train"]
+    return [r for r in runs if r.data.tags.get(TAG_KIND) == KIND_TRAIN]
 
 
 def parent_of(store: LocalStore, name: str):
     experiment = store.client.get_experiment_by_name("ncflow")
     (parent,) = store.client.search_runs(
-        [experiment.experiment_id], filter_string=f"tags.`ncflow.kind` = 'sweep' and tags.`ncflow.sweep` = '{name}'"
+        [experiment.experiment_id], filter_string=f"tags.`{TAG_KIND}` = '{KIND_SWEEP}' and tags.`{TAG_SWEEP}` = '{name}'"
     )
     return parent
 
 
 def finished_per_point(store: LocalStore) -> Counter:
     return Counter(
-        (r.data.tags["ncflow.condition"], r.data.params["seed"]) for r in training_runs(store) if r.info.status == "FINISHED"
+        (r.data.tags[TAG_CONDITION], r.data.params["seed"]) for r in training_runs(store) if r.info.status == "FINISHED"
     )
 
 
@@ -74,8 +96,8 @@ def assert_exactly_once(store: LocalStore, name: str, points: int) -> None:
     finished = finished_per_point(store)
     assert len(finished) == points and set(finished.values()) == {1}, finished
     children = [r for r in training_runs(store) if r.info.status == "FINISHED"]
-    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
-    assert all(r.data.tags["ncflow.sweep"] == name for r in children)
+    assert all(r.data.tags[TAG_PARENT_RUN] == parent.info.run_id for r in children)
+    assert all(r.data.tags[TAG_SWEEP] == name for r in children)
 
 
 # ---------------------------------------------------------------- definitions, overrides, dry run
@@ -86,7 +108,7 @@ def test_dry_run_lists_the_papers_grids(store: LocalStore, name: str):
     output = invoke(store, name, "--dry-run")
     rows = [line.split() for line in output.splitlines() if line.startswith(("main ", "phase1 "))]
     assert len(rows) == PAPER_COUNTS[name]
-    assert f"{PAPER_COUNTS[name]} points: 0 done, 0 running, 0 failed, {PAPER_COUNTS[name]} to do" in output
+    assert f"{PAPER_COUNTS[name]} points: 0 done, 0 running, 0 failed, {PAPER_COUNTS[name]} todo" in output
     assert all(row[-1] != "done" for row in rows) and not training_runs(store)
     if name == "activation":  # GELU has 4 seeds, ReLU and Tanh 3
         assert Counter(row[1] for row in rows) == {"activation=relu": 3, "activation=gelu": 4, "activation=tanh": 3}
@@ -97,7 +119,7 @@ def test_dry_run_lists_the_papers_grids(store: LocalStore, name: str):
 
 
 def test_grid_points_use_each_architectures_preset():
-    points = sweeps.resolve_points(sweeps.NAMED_SWEEPS["grid"], {})
+    points = resolve_points(NAMED_SWEEPS["grid"], {})
     by_arch = {(p.config.arch, p.config.dataset): p.config for p in points if p.seed == 0}
     assert set(by_arch) == {("mlp", "mnist"), ("mlp", "cifar10"), ("resnet20", "mnist"), ("resnet20", "cifar10")}
     assert by_arch[("mlp", "cifar10")].optimizer == "adam" and by_arch[("mlp", "cifar10")].depth == 5
@@ -107,10 +129,10 @@ def test_grid_points_use_each_architectures_preset():
 
 def test_overrides_pin_fields_and_a_pinned_dim_stops_varying():
     # `milestones=300,450` keeps its comma; `dataset` pins the grid sweep's dataset dim: 2 presets × 2 seeds.
-    overrides = sweeps.parse_settings(["phase1_epochs=3,milestones=300,450", "width=64"])
+    overrides = parse_settings(["phase1_epochs=3,milestones=300,450", "width=64"])
     assert overrides == {"phase1_epochs": 3, "milestones": (300, 450), "width": 64}
-    grid = sweeps.with_seeds(sweeps.NAMED_SWEEPS["grid"], sweeps.parse_seeds("0,1"))
-    points = sweeps.resolve_points(grid, {**overrides, "dataset": "mnist-5k"})
+    grid = with_seeds(NAMED_SWEEPS["grid"], parse_seeds("0,1"))
+    points = resolve_points(grid, {**overrides, "dataset": "mnist-5k"})
     assert len(points) == 4 and {p.config.dataset for p in points} == {"mnist-5k"}
     assert {p.config.phase1_epochs for p in points} == {3}
 
@@ -119,7 +141,7 @@ def test_spec_file_defines_a_user_sweep(store: LocalStore, tmp_path: Path):
     spec = tmp_path / "mine.yaml"
     spec.write_text("name: mine\npreset: paper-mnist-mlp\nfixed: {width: 64}\ngrid: {depth: [2, 4], activation: [relu, tanh]}\nseeds: [0, 1]\n")
     output = invoke(store, "--spec", str(spec), "--dry-run")
-    assert "8 points: 0 done, 0 running, 0 failed, 8 to do" in output  # 2 depths × 2 activations × 2 seeds
+    assert "8 points: 0 done, 0 running, 0 failed, 8 todo" in output  # 2 depths × 2 activations × 2 seeds
     assert "ncflow-mine" in output
 
 
@@ -141,10 +163,28 @@ def test_bad_input_is_one_line_and_starts_nothing(store: LocalStore, args: list[
 
 
 def test_storage_urls_and_objective_value():
-    assert sw.storage_url("postgresql://u@h:5/db") == "postgresql+psycopg2://u@h:5/db"
-    assert sw.storage_url(None) == str(Path(sw.DEFAULT_STORAGE).resolve())
-    assert sw.objective_value("collapsed", 7, 10) == 7.0
-    assert sw.objective_value("not_collapsed", None, 10) == 11.0  # censored: total epochs + 1
+    assert storage_url("postgresql://u@h:5/db") == "postgresql+psycopg2://u@h:5/db"
+    assert storage_url(None) == str(Path(DEFAULT_STORAGE).resolve())
+    assert objective_value("collapsed", 7, 10) == 7.0
+    assert objective_value("not_collapsed", None, 10) == 11.0  # censored: total epochs + 1
+
+
+def test_a_finished_run_logged_with_seed_1_0_is_the_points_done_run(store: LocalStore):
+    """`mlflow run -P seed=1.0` logs the param `1.0`: it is seed 1's run (seeds compare as numbers, not strings)."""
+    point = resolve_points(with_seeds(NAMED_SWEEPS["depth"], (1,)), {})[0]  # depth=2, seed 1
+    experiment_id = store.client.get_experiment_by_name("ncflow").experiment_id
+    tags = {TAG_KIND: KIND_TRAIN, TAG_CONDITION: point.condition, TAG_STATUS: STATUS_COLLAPSED}
+    run_id = store.client.create_run(experiment_id, tags=tags).info.run_id
+    store.client.log_param(run_id, "seed", "1.0")
+    store.client.log_metric(run_id, T_NC, 7.0)
+    store.client.set_terminated(run_id, "FINISHED")
+    done = finished_result(store.client, experiment_id, point.condition, 1)
+    assert done is not None and done[ATTR_RUN_ID] == run_id and done[ATTR_T_NC] == 7
+    assert finished_result(store.client, experiment_id, point.condition, 0) is None  # seed 0 is another point
+    output = invoke(store, "depth", "--seeds", "1", "--dry-run")
+    assert "4 points: 1 done, 0 running, 0 failed, 3 todo" in output
+    (row,) = [line.split() for line in output.splitlines() if run_id in line]
+    assert row[:5] == ["main", "depth=2", "1", "done", run_id]
 
 
 # ---------------------------------------------------------------- exactly once: default storage, kills, PostgreSQL
@@ -155,18 +195,18 @@ def test_two_workers_train_each_point_once_and_a_rerun_trains_nothing(store: Loc
     output = invoke(store, *args)
     assert "4 points: 4 done" in output and Path("optuna.journal").exists()  # the default storage
     assert_exactly_once(store, "depth", 4)
-    study = optuna.load_study(study_name="ncflow-depth", storage=sw.open_storage(sw.storage_url(None)))
+    study = optuna.load_study(study_name="ncflow-depth", storage=open_storage(storage_url(None)))
     trials = study.get_trials()
     assert len(trials) == 4 and {t.state for t in trials} == {optuna.trial.TrialState.COMPLETE}
     runs = {r.info.run_id: r for r in training_runs(store)}
     for trial in trials:  # user attrs: the MLflow run, its status; value = T_NC or total epochs + 1
-        run = runs[trial.user_attrs["mlflow_run_id"]]
+        run = runs[trial.user_attrs[ATTR_RUN_ID]]
         assert run.data.params["depth"] == str(trial.params["depth"]) and run.data.params["seed"] == str(trial.params["seed"])
-        assert trial.user_attrs["status"] == run.data.tags["ncflow.status"]
-        assert trial.value == run.data.metrics.get("collapse/T_NC", 3.0)
+        assert trial.user_attrs[ATTR_STATUS] == run.data.tags[TAG_STATUS]
+        assert trial.value == run.data.metrics.get(T_NC, 3.0)
     parent = parent_of(store, "depth")
-    assert parent.data.metrics["sweep/done"] == 4 and parent.data.metrics["sweep/remaining"] == 0
-    summary = store.client.download_artifacts(parent.info.run_id, "sweep_summary.csv", str(store.db_path.parent))
+    assert parent.data.metrics[SWEEP_DONE] == 4 and parent.data.metrics[SWEEP_REMAINING] == 0
+    summary = store.client.download_artifacts(parent.info.run_id, SWEEP_SUMMARY_FILE, str(store.db_path.parent))
     assert len(Path(summary).read_text().splitlines()) == 1 + 4
 
     output = invoke(store, *args)  # the second invocation finds everything done
@@ -204,18 +244,18 @@ class SweepProcess:
         return self.result.exit_code, self.result.output
 
 
-def wait_for_running_trial(storage_url: str, store: LocalStore, sweep: SweepProcess, timeout_s: float = 120.0) -> int:
+def wait_for_running_trial(url: str, store: LocalStore, sweep: SweepProcess, timeout_s: float = 120.0) -> int:
     """The pid of a worker that is training a point right now (its MLflow run exists and is RUNNING)."""
     deadline = time.monotonic() + timeout_s
     storage = None
     while time.monotonic() < deadline:
         assert sweep.running(), sweep.wait(1)
-        running = {r.data.tags.get("ncflow.trial") for r in training_runs(store) if r.info.status == "RUNNING"}
-        if storage is None and (sw.storage_kind(storage_url) != "journal" or Path(storage_url).exists()):
-            storage = sw.open_storage(storage_url)
-        for trial in sw.study_trials(storage, "ncflow-depth") if storage else []:
-            owner = trial.user_attrs.get(sw.ATTR_OWNER)
-            if trial.state == optuna.trial.TrialState.RUNNING and owner and f"ncflow-depth#{trial.number}" in running:
+        running = {r.data.tags.get(TAG_TRIAL) for r in training_runs(store) if r.info.status == "RUNNING"}
+        if storage is None and (storage_kind(url) != "journal" or Path(url).exists()):
+            storage = open_storage(url)
+        for trial in study_trials(storage, "ncflow-depth") if storage else []:
+            owner = trial.user_attrs.get(ATTR_OWNER)
+            if trial.state == optuna.trial.TrialState.RUNNING and owner and trial_tag("ncflow-depth", trial.number) in running:
                 return int(owner["pid"])
         time.sleep(0.2)
     raise AssertionError("no worker started training in time")
@@ -227,9 +267,9 @@ def kill_relaunch_and_check(store: LocalStore, storage: str, kill: str) -> None:
     Two points (depth pinned to 2, seeds 0 and 1), one per worker: the kill lands while both train.
     """
     args = ("depth", "--workers", "2", "--seeds", "0,1", "--dataset", "synthetic", "--set", f"{SLOW},depth=2", "--storage", storage)
-    storage_url = sw.storage_url(storage)
+    url = storage_url(storage)
     sweep = SweepProcess(store, args, subprocess_parent=kill == "group")
-    pid = wait_for_running_trial(storage_url, store, sweep)
+    pid = wait_for_running_trial(url, store, sweep)
     if kill == "group":
         os.killpg(sweep.process.pid, signal.SIGKILL)  # parent and both workers: nobody cleans up
         sweep.wait(30)
@@ -242,8 +282,8 @@ def kill_relaunch_and_check(store: LocalStore, storage: str, kill: str) -> None:
     assert len(before) < 2 and unfinished
     if kill != "group":  # the parent failed the trial and ended the run; SIGTERM let train end it itself
         assert all(r.info.status in ("KILLED", "FAILED") for r in unfinished)
-        reasons = {r.data.tags.get("ncflow.fail_reason", "") for r in unfinished}
-        assert reasons == ({"interrupted"} if kill == "SIGTERM" else {sw.STALE_REASON})
+        reasons = {r.data.tags.get(TAG_FAIL_REASON, "") for r in unfinished}
+        assert reasons == ({f"{FAIL_REASON_INTERRUPTED} (SIGTERM)"} if kill == "SIGTERM" else {STALE_REASON})
     runs_before = {r.info.run_id for r in training_runs(store)}
 
     output = invoke(store, *args)  # relaunch
@@ -270,6 +310,7 @@ def postgres_url():
         pytest.skip(f"PostgreSQL could not start: {error}")
 
 
+@pytest.mark.slow
 def test_postgresql_storage_two_workers_killed_sweep_resumes_exactly_once(store: LocalStore, postgres_url: str):
     assert postgres_url.startswith("postgresql://")  # the bare scheme: ncflow maps it to psycopg2
     kill_relaunch_and_check(store, postgres_url, "group")
@@ -295,10 +336,10 @@ def test_intervention_links_every_alpha_run_to_its_phase1_run(store: LocalStore,
     for run in alphas:
         source = phase1[run.data.params["seed"]]
         assert run.data.params["init_from"] == source.info.run_id
-        assert "checkpoints/phase1_end.pt" in {a.path for a in store.client.list_artifacts(source.info.run_id, "checkpoints")}
+        assert checkpoint_path(CHECKPOINT_PHASE1_END) in {a.path for a in store.client.list_artifacts(source.info.run_id, "checkpoints")}
     assert Counter((r.data.params["seed"], float(r.data.params["rescale_alpha"])) for r in alphas) == {
         (seed, alpha): 1 for seed in ("0", "1") for alpha in (1.0, 0.3, 3.0)}
     parent = store.client.get_run(outer)
-    assert parent.data.tags["ncflow.kind"] == "sweep" and parent.data.tags["ncflow.sweep"] == "intervention"
+    assert parent.data.tags[TAG_KIND] == KIND_SWEEP and parent.data.tags[TAG_SWEEP] == "intervention"
     assert "seed" not in parent.data.params  # no training run adopted MLFLOW_RUN_ID
-    assert all(r.data.tags["mlflow.parentRunId"] == outer and r.info.run_id != outer for r in runs)
+    assert all(r.data.tags[TAG_PARENT_RUN] == outer and r.info.run_id != outer for r in runs)

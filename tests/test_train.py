@@ -5,6 +5,7 @@ import math
 import pytest
 from mlflow.tracking import MlflowClient
 
+from ncflow import engine, run_artifacts, tracking
 from ncflow import train as training
 from ncflow.config import build_config
 
@@ -81,7 +82,7 @@ def test_intervention_rejects_another_architecture(store):
 
 
 def test_crash_leaves_failed_run_with_reason_and_resume_completes_it(store, monkeypatch):
-    measure = training.measure_epoch
+    measure = engine.measure_epoch
     calls = {"n": 0}
 
     def measure_then_crash(setup):
@@ -90,7 +91,7 @@ def test_crash_leaves_failed_run_with_reason_and_resume_completes_it(store, monk
             raise RuntimeError("simulated out-of-memory")
         return measure(setup)
 
-    monkeypatch.setattr(training, "measure_epoch", measure_then_crash)
+    monkeypatch.setattr(engine, "measure_epoch", measure_then_crash)
     reference = small_config(store, seed="7")
     with pytest.raises(RuntimeError, match="simulated"):
         training.train(reference, progress=False)
@@ -103,10 +104,10 @@ def test_crash_leaves_failed_run_with_reason_and_resume_completes_it(store, monk
     assert run.info.status == "FAILED"
     assert run.data.tags["ncflow.status"] == "failed"
     assert run.data.tags["ncflow.fail_reason"] == "RuntimeError: simulated out-of-memory"
-    state = training.tracking.load_checkpoint(client, run.info.run_id, "last")
+    state = tracking.load_checkpoint(client, run.info.run_id, "last")
     assert state["epoch"] == 4 and len(state["history"]) == 4  # the crash lost no finished epoch
 
-    monkeypatch.setattr(training, "measure_epoch", measure)
+    monkeypatch.setattr(engine, "measure_epoch", measure)
     resumed = training.resume(run.info.run_id, tracking_uri=store, progress=False)
     uninterrupted = training.train(reference, progress=False)
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
@@ -127,7 +128,7 @@ def test_resnet20_trains_one_epoch_on_synthetic_images(store):
 
 def test_bad_init_from_creates_no_run(store):
     client = MlflowClient(store)
-    experiment_id = training.tracking.ensure_experiment(client, "ncflow")
+    experiment_id = tracking.ensure_experiment(client, "ncflow")
     before = len(client.search_runs([experiment_id], max_results=1000))
     with pytest.raises(training.ConfigError, match="init_from: no MLflow run 'deadbeef'"):
         training.train(small_config(store, init_from="deadbeef"), progress=False)
@@ -144,3 +145,48 @@ def test_blow_up_is_recorded_as_divergence_not_a_crash(store):
     assert run.data.tags["ncflow.status"] == "diverged"
     assert run.data.tags["ncflow.divergence_reason"].startswith("non-finite")
     assert len(result.history) < 6  # training stops at the divergence
+
+
+COLLAPSING = {"lr": "0.01", "nc1_threshold": "0.9"}  # ε = 0.9: the tiny run collapses within its 6 epochs
+
+
+def test_fn_ref_auto_is_the_mean_fn_star_of_the_conditions_other_seeds(tmp_path):
+    store = f"sqlite:///{tmp_path / 'auto.db'}"
+    first = training.train(small_config(store, seed="0", **COLLAPSING), progress=False)
+    second = training.train(small_config(store, seed="1", **COLLAPSING), progress=False)
+    assert first.fn_star is not None and second.fn_star is not None
+    third = training.train(small_config(store, seed="2", fn_ref="auto", **COLLAPSING), progress=False)
+    assert third.summary["collapse/fn_ref"] == pytest.approx((first.fn_star + second.fn_star) / 2, rel=1e-12)
+    # fn_ref is reporting-only: the auto run is the same condition as its references.
+    client = MlflowClient(store)
+    conditions = {client.get_run(r.run_id).data.tags["ncflow.condition"] for r in (first, second, third)}
+    assert len(conditions) == 1
+
+
+def test_stop_after_collapse_ends_the_run_n_epochs_after_t_nc(store):
+    full = training.train(small_config(store, seed="4", **COLLAPSING), progress=False)
+    stopped = training.train(small_config(store, seed="4", stop_after_collapse="1", **COLLAPSING), progress=False)
+    assert full.t_nc is not None and full.t_nc + 1 < 6
+    assert [row["epoch"] for row in stopped.history] == list(range(1, full.t_nc + 2))
+    assert stopped.t_nc == full.t_nc and stopped.fn_star == full.fn_star
+    assert without_timing(stopped.history) == without_timing(full.history[: full.t_nc + 1])
+
+
+def test_resuming_a_run_that_had_already_stopped_trains_nothing_more(store, monkeypatch):
+    config = small_config(store, seed="5", stop_after_collapse="0", **COLLAPSING)
+
+    def broken_figure(*args, **kwargs):
+        raise RuntimeError("figure failed")
+
+    monkeypatch.setattr(run_artifacts, "dynamics_figure_png", broken_figure)
+    with pytest.raises(RuntimeError, match="figure failed"):
+        training.train(config, progress=False)
+    client = MlflowClient(store)
+    experiment_id = client.get_experiment_by_name("ncflow").experiment_id
+    (run,) = client.search_runs([experiment_id], "params.seed = '5' and attributes.status = 'FAILED'")
+    monkeypatch.undo()
+    resumed = training.resume(run.info.run_id, tracking_uri=store, progress=False)
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    assert [row["epoch"] for row in resumed.history] == list(range(1, resumed.t_nc + 1))
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "nc/nc1")]
+    assert sorted(set(steps)) == list(range(1, resumed.t_nc + 1))

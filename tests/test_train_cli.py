@@ -7,22 +7,16 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
+from analysis import contract
 from ncflow.cli import main
 
-EPOCH_KEYS = {
-    "train/loss", "train/acc", "test/acc", "lr", "phase", "nc/nc1", "nc/nc1_pinv", "nc/nc2", "nc/nc2_equinorm",
-    "nc/nc3", "nc/nc4", "nc/fn", "nc/ncc", "nc/flatness", "time/epoch_s",
-}
+EPOCH_KEYS = set(contract.PER_EPOCH_METRICS)
 TINY = ["--depth", "2", "--width", "64", "--phase1-epochs", "3", "--phase2-epochs", "3", "--checkpoint-every", "2"]
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch) -> str:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.chdir(tmp_path)
-    return uri
+def store(cli_store: str) -> str:
+    return cli_store
 
 
 def only_run(uri: str):

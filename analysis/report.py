@@ -1,0 +1,278 @@
+"""The report: every table and figure plus `report.md`, its manifest cache, and its record as an MLflow run.
+
+`build_report` writes `tables/`, `figures/` and `report.md` (linking both) under the output directory, and a
+manifest (`MANIFEST`: a digest of its inputs and the files it wrote); a repeated report over an unchanged
+store finds the manifest matching and the files in place, and rewrites nothing (`force` rebuilds).
+`log_report` records the output directory as the artifacts of an MLflow run `analysis-…` (kind
+`contract.KIND_ANALYSIS`) in the same experiment, or of the run `mlflow run` made for this process.
+Never imports torch; tables and figures (scipy, matplotlib) are imported only when something is written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import importlib.metadata
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import mlflow
+import pandas as pd
+
+from analysis import contract, store
+from analysis.mlflow_env import adopted_run_id, resolve_tracking_uri
+from analysis.run_history import ENDED_STATUSES
+
+if TYPE_CHECKING:
+    from analysis.aggregate import Estimates
+    from analysis.render import Table
+
+MANIFEST = ".ncflow-report.json"  # in the report's output directory
+MANIFEST_VERSION = 1  # bump when the manifest's meaning changes
+LIBRARIES = ("matplotlib", "mlflow", "numpy", "pandas", "scipy")  # whose versions a report depends on
+REPORT_FILE = "report.md"
+
+Written = dict[str, tuple["Table", list[Path]]]  # table stem → (Table, the files written)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the runs come from, as given on the command line."""
+
+    tracking_uri: str | None
+    experiment: str
+    sweep: str | None
+    cache_dir: Path | None
+    progress: bool
+
+    @property
+    def uri(self) -> str:
+        return resolve_tracking_uri(self.tracking_uri)
+
+    def describe(self) -> str:
+        sweep = f", sweep {self.sweep!r}" if self.sweep else ""
+        return f"experiment {self.experiment!r}{sweep} at {self.uri}"
+
+
+def read_runs(source: Source) -> pd.DataFrame:
+    """The training runs of the source; a StoreError naming what was searched when there are none."""
+    runs = store.load_runs(source.tracking_uri, experiment=source.experiment, sweep=source.sweep)
+    if runs.empty:
+        raise store.StoreError(f"no runs found in {source.describe()}")
+    return runs
+
+
+def read_histories(source: Source, runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs' histories, through the source's history cache."""
+    return store.load_histories(runs, source.tracking_uri, cache_dir=source.cache_dir, progress=source.progress)
+
+
+def estimates_of(runs: pd.DataFrame, histories: pd.DataFrame) -> "Estimates":
+    """The shared estimates behind the tables and the figures (scipy imported here, not at start-up)."""
+    from analysis.aggregate import Estimates
+
+    return Estimates(runs, histories)
+
+
+def read_estimates(source: Source) -> "Estimates":
+    """The source's runs and histories, as the estimates the tables and figures are drawn from."""
+    runs = read_runs(source)
+    return estimates_of(runs, read_histories(source, runs))
+
+
+# ------------------------------------------------------------------------------------------ writers
+
+
+def write_tables(estimates: "Estimates", out_dir: Path, formats: Sequence[str]) -> Written:
+    """Every table in every format under out_dir: stem → (Table, paths)."""
+    from analysis.tables import build_tables
+
+    return {stem: (table, table.write(out_dir, stem, formats)) for stem, table in build_tables(estimates).items()}
+
+
+def write_figures(estimates: "Estimates", out_dir: Path, formats: Sequence[str]) -> list[Path]:
+    """Every figure in every format under out_dir."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display (a laptop over SSH, CI)
+    from analysis.figures import build_figures
+
+    return build_figures(estimates, out_dir, formats=tuple(formats))
+
+
+def _link(path: Path, base: Path) -> str:
+    return path.relative_to(base).as_posix()
+
+
+def _files_line(paths: Sequence[Path], out_dir: Path) -> str:
+    return "Files: " + " · ".join(f"[{p.suffix[1:]}]({_link(p, out_dir)})" for p in paths)
+
+
+def report_markdown(source: Source, runs: pd.DataFrame, tables: Written, figures: list[Path], out_dir: Path) -> str:
+    """report.md: where the runs came from, every table (inlined, with its files) and every figure."""
+    counts = runs["status"].fillna("untagged").value_counts().sort_index()
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# ncflow analysis report", "",
+        f"Source: {source.describe()} — {len(runs)} runs "
+        f"({', '.join(f'{n} {status}' for status, n in counts.items())}). "
+        f"Generated {stamp} with MLflow {mlflow.__version__}.", "",
+        "## Tables", "",
+    ]
+    if not tables:
+        lines += ["No table has runs in this selection.", ""]
+    for stem, (table, paths) in tables.items():
+        markdown = next((p for p in paths if p.suffix == ".md"), None)
+        lines += [f"### {stem}", ""]
+        lines += [markdown.read_text(encoding="utf-8").rstrip(), ""] if markdown else [f"**{table.title}**", ""]
+        lines += [_files_line(paths, out_dir), ""]
+    lines += ["## Figures", ""]
+    if not figures:
+        lines += ["No figure has runs in this selection.", ""]
+    for stem in dict.fromkeys(p.stem for p in figures):
+        paths = [p for p in figures if p.stem == stem]
+        lines += [f"### {stem}", ""]
+        png = next((p for p in paths if p.suffix == ".png"), None)
+        if png:
+            lines += [f"![{stem}]({_link(png, out_dir)})", ""]
+        lines += [_files_line(paths, out_dir), ""]
+    return "\n".join(lines)
+
+
+def write_report(source: Source, runs: pd.DataFrame, out_dir: Path, table_formats: Sequence[str],
+                 figure_formats: Sequence[str]) -> tuple[Written, list[Path]]:
+    """Histories, then every table and figure (from one set of estimates), then report.md, under out_dir."""
+    estimates = estimates_of(runs, read_histories(source, runs))
+    written = write_tables(estimates, out_dir / "tables", table_formats)
+    figure_paths = write_figures(estimates, out_dir / "figures", figure_formats)
+    markdown = report_markdown(source, runs, written, figure_paths, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / REPORT_FILE).write_text(markdown, encoding="utf-8")
+    return written, figure_paths
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What `build_report` did."""
+
+    path: Path  # report.md
+    n_runs: int
+    n_tables: int
+    n_figure_files: int
+    reused: bool  # the manifest matched: nothing was rewritten
+
+    def describe(self) -> str:
+        if self.reused:
+            return (f"{self.path}: up to date, {self.n_tables} tables, {self.n_figure_files} figure files "
+                    f"from {self.n_runs} runs (store unchanged; --force rebuilds)")
+        return f"{self.path}: {self.n_tables} tables, {self.n_figure_files} figure files from {self.n_runs} runs"
+
+
+def build_report(source: Source, out_dir: Path, table_formats: Sequence[str], figure_formats: Sequence[str],
+                 force: bool = False) -> Outcome:
+    """The report under out_dir, rebuilt unless its manifest matches the store (reads only the run list then)."""
+    runs = read_runs(source)
+    key = report_key(source, runs, table_formats, figure_formats)
+    manifest = None if force else reusable(out_dir, key)
+    report_path = out_dir / REPORT_FILE
+    if manifest is not None:
+        return Outcome(report_path, len(runs), manifest["tables"], manifest["figure_files"], reused=True)
+    (out_dir / MANIFEST).unlink(missing_ok=True)  # a rebuild that fails half-way leaves no manifest behind
+    written, figure_paths = write_report(source, runs, out_dir, table_formats, figure_formats)
+    if key is not None:
+        table_paths = [path for _, paths in written.values() for path in paths]
+        write_manifest(out_dir, key, len(runs), len(written), [report_path, *table_paths, *figure_paths])
+    return Outcome(report_path, len(runs), len(written), len(figure_paths), reused=False)
+
+
+def log_report(source: Source, out_dir: Path, n_runs: int) -> str:
+    """Record the report as an MLflow run `analysis-…` (kind analysis) with out_dir as artifacts; its run id.
+
+    Under `mlflow run . -e analyze`, MLflow made the run (and ends it): that run is tagged and given the files.
+    """
+    client, _ = store.make_client(source.tracking_uri)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    name = f"analysis-{source.sweep or 'all'}-{stamp}"
+    tags = {contract.TAG_KIND: contract.KIND_ANALYSIS, contract.TAG_ANALYSIS_RUNS: str(n_runs)}
+    adopted = adopted_run_id()
+    if adopted:
+        for key, value in {**tags, contract.TAG_RUN_NAME: name}.items():
+            client.set_tag(adopted, key, value)
+        client.log_artifacts(adopted, str(out_dir))
+        return adopted
+    experiment = client.get_experiment_by_name(source.experiment)
+    run = client.create_run(experiment.experiment_id, run_name=name, tags=tags)
+    try:
+        client.log_artifacts(run.info.run_id, str(out_dir))
+    except Exception:
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+# ----------------------------------------------------------------------------------------- manifest
+
+
+def analysis_version() -> str:
+    """A digest of the analysis package's source: any edit to a table or figure invalidates old reports."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def report_key(source: Source, runs: pd.DataFrame, table_formats: Sequence[str],
+               figure_formats: Sequence[str]) -> str | None:
+    """The digest of everything a report is a function of, or None when a run may still change.
+
+    Run ids and end times (a run's history is fixed once it has ended, as in the history cache), the whole runs
+    frame (a later tag or summary metric changes it), the source, the formats, the analysis source and the
+    library versions. A run that has not ended (RUNNING, no end time) is live: no key, always rebuild.
+    """
+    ended = runs["mlflow_status"].isin(ENDED_STATUSES) & runs["end_time"].notna()
+    if not ended.all():
+        return None
+    payload = {
+        "manifest": MANIFEST_VERSION, "analysis": analysis_version(),
+        "libraries": {name: _version(name) for name in LIBRARIES},
+        "source": [source.uri, source.experiment, source.sweep],
+        "tables": list(table_formats), "figures": list(figure_formats),
+        "runs": [[str(run_id), int(end)] for run_id, end in zip(runs["run_id"], runs["end_time"])],
+        "frame": hashlib.sha256(runs.to_json(orient="split", double_precision=15,
+                                             default_handler=str).encode()).hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "-"
+
+
+def reusable(out_dir: Path, key: str | None) -> dict[str, Any] | None:
+    """The manifest in out_dir when it was written for `key` and every file it lists is there, same size."""
+    if key is None:
+        return None
+    try:
+        manifest = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
+        files = manifest["files"]
+        if manifest.get("key") != key or not files:
+            return None
+        if all((out_dir / name).stat().st_size == size for name, size in files.items()):
+            return manifest
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return None
+
+
+def write_manifest(out_dir: Path, key: str, n_runs: int, n_tables: int, paths: Sequence[Path]) -> None:
+    """Record the report's key and files (relative path → size); written last, so it vouches for them all."""
+    files = {_link(path, out_dir): path.stat().st_size for path in paths}
+    manifest = {"key": key, "runs": n_runs, "tables": n_tables,
+                "figure_files": sum(1 for name in files if name.startswith("figures/")), "files": files}
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")

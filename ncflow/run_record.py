@@ -1,0 +1,262 @@
+"""The local, crash-safe record of one training run: written first, shipped to MLflow afterwards.
+
+A run's directory (default `.ncflow/runs/RUN_ID/` under the working directory; `--record-dir` or
+`NCFLOW_RECORD_DIR` moves it) holds:
+
+    record.json       who owns the run: run id, tracking URI, experiment, host, pid, process start time
+    journal.jsonl     every MLflow write, one JSON object a line, in order: per-epoch metrics (with the
+                      timestamp they will carry in MLflow), summary metrics, tags, artifacts, run status
+    shipped           how many journal entries MLflow has (written atomically after each shipped batch)
+    state.pt          the training state after the latest saved epoch (model, optimiser, schedule, RNG,
+                      batch order, history), replaced atomically (temp file + os.replace)
+    files/…           artifacts before upload: checkpoints/*.pt, history.csv, config.json, figures/…
+
+Why a journal of our own and not MLflow's asynchronous logging: MLflow's async queue lives in process
+memory, so SIGKILL or an OOM kill loses it, and its retries give up after a few minutes of outage. The
+journal is appended and flushed line by line, so a killed process loses at most the line being written
+(ignored on reading); each entry carries its own timestamp, so shipping it twice stores it once (MLflow's
+SQL stores drop a metric identical in key, step, timestamp and value).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+RECORD_DIR_VARIABLE = "NCFLOW_RECORD_DIR"
+DEFAULT_RECORD_DIR = Path(".ncflow") / "runs"
+RECORD_FILE, JOURNAL_FILE, SHIPPED_FILE, STATE_FILE, FILES_DIR = "record.json", "journal.jsonl", "shipped", "state.pt", "files"
+
+METRICS, TAGS, ARTIFACT, STATUS = "metrics", "tags", "artifact", "status"  # journal entry types
+
+
+def record_root(record_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where run records live: the argument, else NCFLOW_RECORD_DIR, else .ncflow/runs in the working directory."""
+    return Path(record_dir or os.environ.get(RECORD_DIR_VARIABLE) or DEFAULT_RECORD_DIR).expanduser().absolute()
+
+
+def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write `data` to `path` so that a reader (or a crash) sees the old file or the new one, never a mix.
+
+    `durable` also syncs the data to disk (survives a power cut, not only a killed process).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            if durable:
+                os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def process_start_time(pid: int) -> str | None:
+    """The kernel's start time of a process (field 22 of /proc/PID/stat), to tell a live owner from a reused pid."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text.rsplit(")", 1)[1].split()[19]
+
+
+def process_alive(host: str, pid: int, started: str | None) -> bool:
+    """Whether the process that wrote a record still runs (only decidable on its own host)."""
+    if host != socket.gethostname():
+        return False
+    current = process_start_time(pid)
+    if current is not None:
+        return started is None or current == started
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not Path("/proc").exists()
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The process that writes a record."""
+
+    host: str
+    pid: int
+    started: str | None
+
+    @classmethod
+    def this_process(cls) -> "Owner":
+        return cls(socket.gethostname(), os.getpid(), process_start_time(os.getpid()))
+
+    def alive(self) -> bool:
+        return process_alive(self.host, self.pid, self.started)
+
+    def label(self) -> str:
+        return f"{self.host} pid {self.pid}"
+
+
+class RunRecord:
+    """One run's directory. The training process appends; the shipper reads and advances `shipped`."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self._journal: Any = None
+        self._entries: int | None = None
+        self._append_lock = threading.Lock()
+
+    # ---------------------------------------------------------------------------------------- creation
+
+    @classmethod
+    def create(cls, root: Path, run_id: str, meta: Mapping[str, Any]) -> "RunRecord":
+        """A record for `run_id` owned by this process (an existing one is taken over, as on resume)."""
+        record = cls(root / run_id)
+        record.files_dir.mkdir(parents=True, exist_ok=True)
+        record.claim(meta)
+        return record
+
+    def claim(self, meta: Mapping[str, Any] | None = None) -> None:
+        """Make this process the record's owner (merging `meta` into record.json)."""
+        owner = Owner.this_process()
+        merged = {**self.meta(), **(meta or {}), "host": owner.host, "pid": owner.pid, "started": owner.started,
+                  "claimed_at": time.time(), "released": False}
+        atomic_write_bytes(self.directory / RECORD_FILE, json.dumps(merged, indent=1).encode())
+
+    @property
+    def run_id(self) -> str:
+        return self.directory.name
+
+    @property
+    def files_dir(self) -> Path:
+        return self.directory / FILES_DIR
+
+    @property
+    def state_path(self) -> Path:
+        return self.directory / STATE_FILE
+
+    def meta(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.directory / RECORD_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def release(self) -> None:
+        """The owner is done with the record (training ended, whatever the outcome); nobody writes it now."""
+        atomic_write_bytes(self.directory / RECORD_FILE, json.dumps({**self.meta(), "released": True}, indent=1).encode())
+
+    def exists(self) -> bool:
+        return (self.directory / RECORD_FILE).is_file()
+
+    def owner(self) -> Owner | None:
+        """The process writing the record now; None when released (or never claimed)."""
+        meta = self.meta()
+        if "pid" not in meta or meta.get("released"):
+            return None
+        return Owner(str(meta.get("host", "")), int(meta["pid"]), meta.get("started"))
+
+    # ----------------------------------------------------------------------------------------- writing
+
+    def _open_journal(self) -> Any:
+        if self._journal is None:
+            path = self.directory / JOURNAL_FILE
+            complete = self._complete_length(path)
+            if path.exists() and path.stat().st_size != complete:
+                os.truncate(path, complete)  # a line cut by a kill: drop it before appending
+            self._journal = open(path, "a", encoding="utf-8")
+            self._entries = sum(1 for _ in self.entries())
+        return self._journal
+
+    @staticmethod
+    def _complete_length(path: Path) -> int:
+        """Bytes up to the last newline of the journal (0 when none)."""
+        if not path.exists():
+            return 0
+        data = path.read_bytes()
+        return data.rfind(b"\n") + 1
+
+    def append(self, entry: Mapping[str, Any]) -> None:
+        """Append one journal entry and hand it to the OS (a SIGKILL after this returns cannot lose it)."""
+        line = json.dumps(entry, separators=(",", ":")) + "\n"
+        with self._append_lock:
+            journal = self._open_journal()
+            journal.write(line)
+            journal.flush()
+            self._entries = (self._entries or 0) + 1
+
+    def metrics(self, step: int, values: Mapping[str, float], timestamp_ms: int | None = None) -> None:
+        stamp = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
+        self.append({"type": METRICS, "step": int(step), "ts": stamp, "values": {k: float(v) for k, v in values.items()}})
+
+    def tags(self, tags: Mapping[str, str]) -> None:
+        self.append({"type": TAGS, "tags": {k: str(v) for k, v in tags.items()}})
+
+    def status(self, status: str) -> None:
+        """The MLflow run status to set (RUNNING, FINISHED, FAILED, KILLED)."""
+        self.append({"type": STATUS, "status": status})
+
+    def artifact_bytes(self, artifact_path: str, data: bytes) -> None:
+        """Keep `data` as the run's artifact `artifact_path` (e.g. `checkpoints/last.pt`) and journal its upload."""
+        atomic_write_bytes(self.files_dir / artifact_path, data)
+        self.append({"type": ARTIFACT, "path": artifact_path})
+
+    def close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+
+    # ----------------------------------------------------------------------------------------- reading
+
+    def entries(self, start: int = 0) -> Iterator[dict[str, Any]]:
+        """Journal entries from index `start`; a last line cut by a kill is skipped."""
+        path = self.directory / JOURNAL_FILE
+        if not path.exists():
+            return
+        with open(path, "rb") as handle:
+            for index, line in enumerate(handle):
+                if index < start:
+                    continue
+                if not line.endswith(b"\n"):
+                    return
+                yield json.loads(line)
+
+    def entry_count(self) -> int:
+        if self._entries is not None:
+            return self._entries
+        return sum(1 for _ in self.entries())
+
+    def shipped(self) -> int:
+        try:
+            return int((self.directory / SHIPPED_FILE).read_text().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def mark_shipped(self, count: int) -> None:
+        atomic_write_bytes(self.directory / SHIPPED_FILE, str(count).encode())
+
+    def unshipped(self) -> int:
+        return max(0, self.entry_count() - self.shipped())
+
+    def epoch_rows(self) -> dict[int, dict[str, Any]]:
+        """The per-epoch metric rows journaled so far, by epoch, each with its MLflow timestamp under `ts`."""
+        rows: dict[int, dict[str, Any]] = {}
+        for entry in self.entries():
+            if entry["type"] == METRICS and entry["step"] > 0:
+                rows[entry["step"]] = {"ts": entry["ts"], **entry["values"]}
+        return rows
+
+
+def find_records(root: Path) -> list[RunRecord]:
+    """Every run record under `root`, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [RunRecord(path) for path in root.iterdir() if (path / RECORD_FILE).is_file()]
+    return sorted(found, key=lambda record: record.meta().get("claimed_at", 0.0))

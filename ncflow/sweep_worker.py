@@ -1,0 +1,217 @@
+"""One sweep worker process: claim a WAITING trial under the sweep lock, train its point, tell the trial its T_NC.
+
+A claim moves the oldest WAITING trial whose point no RUNNING trial holds (and whose prerequisite, for an
+intervention point, completed) to RUNNING and records its owner, all under the sweep lock, so two workers never
+hold the same point. Before training, the worker looks in MLflow once more (a done point is reused). A worker
+exits when nothing is left that could run.
+
+`python -m ncflow.sweep_worker ARGS_JSON` runs one worker; `ncflow sweep` (`ncflow.sweeps`) starts them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import optuna
+from mlflow.tracking import MlflowClient
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from analysis.contract import STATUS_FAILED, TAG_TRIAL
+from analysis.mlflow_env import ADOPTED_RUN_VARIABLE
+from ncflow.config import build_config
+from ncflow.signals import interruption_reason, termination_as_interrupt
+from ncflow.sweep_liveness import Heartbeat, Owner, is_stale, record_owner
+from ncflow.sweep_runs import finished_result, kill_runs, running_runs, trial_tag
+from ncflow.sweep_storage import open_storage, study_trials, sweep_lock, trial_id
+from ncflow.sweep_trials import (
+    ATTR_FAIL_REASON,
+    ATTR_POINT,
+    ATTR_REQUIRES,
+    ATTR_REUSED,
+    ATTR_RUN_ID,
+    ATTR_STATUS,
+    PointTask,
+    objective_value,
+    param_distributions,
+    result_attrs,
+    result_value,
+)
+
+WAIT_S = 1.0  # a worker with only points waiting for a prerequisite looks again this often
+
+
+@dataclass(frozen=True)
+class WorkerArgs:
+    """Everything a worker process is told on its command line (as JSON)."""
+
+    storage: str
+    studies: list[str]  # claimed in this order (an intervention's Phase-1 study first)
+    sweep: str
+    parent_run_id: str
+    tracking_uri: str
+    experiment_id: str
+    local: dict[str, str] = field(default_factory=dict)  # machine-local fields: tracking_uri, data_dir, device
+    threads: int = 1
+    lock_retries: int = 2  # extra attempts at a point whose training met "database is locked"
+
+
+@dataclass(frozen=True)
+class Claim:
+    study: str
+    trial_id: int
+    number: int
+    task: PointTask
+    init_from: str | None = None  # the prerequisite's MLflow run, for a point that requires one
+
+
+def requirement(storage: BaseStorage, requires: Mapping[str, str]) -> tuple[str, str | None]:
+    """(`met`, run id) when the required point completed; `pending` while it waits or runs; else `unmet`."""
+    trials = [t for t in study_trials(storage, requires["study"]) if t.user_attrs.get(ATTR_POINT) == requires["key"]]
+    for trial in trials:
+        if trial.state == TrialState.COMPLETE and trial.user_attrs.get(ATTR_RUN_ID):
+            return "met", str(trial.user_attrs[ATTR_RUN_ID])
+    if any(t.state == TrialState.WAITING or (t.state == TrialState.RUNNING and not is_stale(t)) for t in trials):
+        return "pending", None
+    return "unmet", None
+
+
+def _take(storage: BaseStorage, study_name: str, trial: FrozenTrial, owner: Owner) -> int | None:
+    """Move a WAITING trial to RUNNING for `owner`; its id, or None when another process took it first."""
+    taken = trial_id(storage, study_name, trial.number)
+    try:
+        if not storage.set_trial_state_values(taken, TrialState.RUNNING):
+            return None
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return None
+    record_owner(storage, taken, owner)
+    return taken
+
+
+def claim_next(storage: BaseStorage, url: str, studies: list[str], owner: Owner) -> tuple[Claim | None, bool]:
+    """Atomically take the oldest WAITING trial (studies in order) whose point no RUNNING trial holds and whose
+    prerequisite, if any, completed. Also says whether some trial still waits for a pending prerequisite."""
+    pending = False
+    for name in studies:
+        with sweep_lock(url, name):
+            trials = study_trials(storage, name)
+            busy = {t.user_attrs.get(ATTR_POINT) for t in trials if t.state == TrialState.RUNNING}
+            for trial in sorted(trials, key=lambda t: t.number):
+                key = trial.user_attrs.get(ATTR_POINT)
+                if trial.state != TrialState.WAITING or key is None or key in busy:
+                    continue
+                init_from = None
+                if trial.user_attrs.get(ATTR_REQUIRES):
+                    state, init_from = requirement(storage, trial.user_attrs[ATTR_REQUIRES])
+                    if state != "met":
+                        pending = pending or state == "pending"
+                        continue
+                taken = _take(storage, name, trial, owner)
+                if taken is not None:
+                    return Claim(name, taken, trial.number, PointTask.from_attrs(trial.user_attrs), init_from), pending
+    return None, pending
+
+
+def _finish(storage: BaseStorage, claim: Claim, attrs: Mapping[str, Any], state: TrialState, value: float | None) -> None:
+    """Record attributes and finish the trial; a trial another invocation already failed stays failed."""
+    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+        for key, item in attrs.items():
+            storage.set_trial_user_attr(claim.trial_id, key, item)
+        storage.set_trial_state_values(claim.trial_id, state, None if value is None else [value])
+
+
+def _record_params(storage: BaseStorage, claim: Claim) -> None:
+    """Write the fixed params into the trial, so it shows them (distributions from the fields' types)."""
+    for name, distribution in param_distributions(claim.task.params).items():
+        internal = distribution.to_internal_repr(claim.task.params[name])
+        storage.set_trial_param(claim.trial_id, name, internal, distribution)
+
+
+def train_point(args: WorkerArgs, claim: Claim) -> tuple[dict[str, Any], float]:
+    """Train the claimed point (retrying a point the SQLite store locked out); its result attrs and value."""
+    from ncflow.train import train
+
+    start = {"init_from": claim.init_from} if claim.init_from else {}
+    config = build_config(None, {**claim.task.config, **args.local, **start})
+    for attempt in range(args.lock_retries + 1):
+        try:
+            result = train(
+                config,
+                sweep=args.sweep,
+                parent_run_id=args.parent_run_id,
+                extra_tags={TAG_TRIAL: trial_tag(claim.study, claim.number)},
+                progress=False,
+            )
+            break
+        except Exception as error:
+            if "database is locked" not in str(error) or attempt == args.lock_retries:
+                raise
+            time.sleep(1.0 + attempt)
+    attrs = result_attrs(result.run_id, result.status, result.t_nc, result.fn_star)
+    return attrs, objective_value(result.status, result.t_nc, config.total_epochs)
+
+
+def evaluate(storage: BaseStorage, args: WorkerArgs, claim: Claim, client: MlflowClient) -> None:
+    """Reuse a point MLflow already finished, else train it; a crash fails the trial (retried next invocation)."""
+    with Heartbeat(storage, claim.trial_id):
+        try:
+            _record_params(storage, claim)
+            seed = int(claim.task.params["seed"])
+            done = finished_result(client, args.experiment_id, claim.task.condition, seed)
+            if done is not None:
+                _finish(storage, claim, {**done, ATTR_REUSED: True}, TrialState.COMPLETE, result_value(claim.task, done))
+                return
+            attrs, value = train_point(args, claim)
+            _finish(storage, claim, {**attrs, ATTR_REUSED: False}, TrialState.COMPLETE, value)
+        except BaseException as error:
+            interrupted = isinstance(error, KeyboardInterrupt)
+            reason = (interruption_reason(error) if interrupted else f"{type(error).__name__}: {error}")[:2000]
+            _finish(storage, claim, {ATTR_STATUS: STATUS_FAILED, ATTR_FAIL_REASON: reason}, TrialState.FAIL, None)
+            with contextlib.suppress(Exception):  # train ends its run itself; this covers an interrupt inside MLflow
+                kill_runs(client, running_runs(client, args.experiment_id, claim.study, claim.number), reason)
+            if not isinstance(error, Exception):
+                raise
+            print(f"ncflow sweep: trial {claim.number} ({claim.task.key}) failed: {reason}", file=sys.stderr)
+
+
+def run_worker(args: WorkerArgs) -> int:
+    """Claim and evaluate points until none is left that could run; 130 when interrupted (its trial is failed).
+
+    SIGTERM and SIGHUP unwind like Ctrl-C, so the current run ends KILLED and its trial FAIL.
+    """
+    os.environ.pop(ADOPTED_RUN_VARIABLE, None)  # train would adopt the parent run as its own
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(args.storage)
+    client = MlflowClient(tracking_uri=args.tracking_uri)
+    owner = Owner.this_process()
+    try:
+        with termination_as_interrupt():
+            while True:
+                claim, pending = claim_next(storage, args.storage, args.studies, owner)
+                if claim is not None:
+                    evaluate(storage, args, claim, client)
+                elif pending:
+                    time.sleep(WAIT_S)
+                else:
+                    break
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    raw = json.loads((argv if argv is not None else sys.argv[1:])[0])
+    return run_worker(WorkerArgs(**raw))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
