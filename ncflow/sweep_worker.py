@@ -147,6 +147,7 @@ def train_point(args: WorkerArgs, claim: Claim) -> tuple[dict[str, Any], float]:
                 parent_run_id=args.parent_run_id,
                 extra_tags={TAG_TRIAL: trial_tag(claim.study, claim.number)},
                 progress=False,
+                ship_timeout_s=None,  # a point is done only once MLflow has all of it: wait out an outage
             )
             break
         except Exception as error:
