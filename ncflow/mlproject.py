@@ -1,8 +1,8 @@
 """Write `MLproject` and `python_env.yaml` from RunConfig and pyproject.toml, so they never drift.
 
 `python -m ncflow.mlproject` rewrites both files at the repository root; a test checks they are current.
-Entry points: `main` (the embedded default), one per preset (the paper's settings as defaults), `sweep` and
-`analyze`. `experiment` and `tracking_uri` are not MLproject parameters: under `mlflow run` the experiment is
+Entry points: `main` (the embedded default), one per preset (the paper's settings as defaults), `sweep`,
+`reproduce` and `analyze`. `experiment` and `tracking_uri` are not MLproject parameters: under `mlflow run` the experiment is
 `--experiment-name` and the store is MLFLOW_TRACKING_URI, both owned by MLflow.
 """
 
@@ -57,6 +57,21 @@ def mlproject() -> dict[str, Any]:
         "command": (
             "python -m ncflow.cli sweep {name} --workers {workers} --dataset {dataset} --seeds {seeds} "
             "--set {set} --storage {storage}"
+        ),
+    }
+    entry_points["reproduce"] = {
+        "parameters": {
+            "dataset": {"type": "string", "default": "mnist"},
+            "sweeps": {"type": "string", "default": "all"},
+            "seeds": {"type": "string", "default": "none"},
+            "set": {"type": "string", "default": "none"},
+            "workers": {"type": "float", "default": "1"},
+            "storage": {"type": "string", "default": "default"},
+            "out": {"type": "string", "default": "report"},
+        },
+        "command": (
+            "python -m ncflow.cli reproduce --dataset {dataset} --sweeps {sweeps} --seeds {seeds} --set {set} "
+            "--workers {workers} --storage {storage} --out {out}"
         ),
     }
     entry_points["analyze"] = {
