@@ -38,42 +38,29 @@ def train_command(parameters: dict[str, Any]) -> str:
     return f"python -m ncflow.cli train {options}"
 
 
+def cli_entry_point(command: str, defaults: dict[str, str], positional: tuple[str, ...] = ()) -> dict[str, Any]:
+    """An entry point running `ncflow COMMAND` with one MLproject parameter per option (`workers` a number)."""
+    parameters = {name: {"type": "float" if name == "workers" else "string", "default": value}
+                  for name, value in defaults.items()}
+    words = [f"{{{name}}}" if name in positional else f"--{name} {{{name}}}" for name in defaults]
+    return {"parameters": parameters, "command": f"python -m ncflow.cli {command} " + " ".join(words)}
+
+
 def mlproject() -> dict[str, Any]:
     entry_points: dict[str, Any] = {}
     for name, overrides in {"main": {}, **PRESETS}.items():
         parameters = project_parameters(RunConfig(**overrides))
         entry_points[name] = {"parameters": parameters, "command": train_command(parameters)}
-    entry_points["sweep"] = {
-        # MLproject cannot repeat an option: `set` takes several k=v joined by commas ("phase1_epochs=3,width=64");
-        # `none` leaves the sweep's own data set, seeds and settings; `default` is the local journal storage.
-        "parameters": {
-            "name": {"type": "string", "default": "depth"},
-            "workers": {"type": "float", "default": "1"},
-            "dataset": {"type": "string", "default": "none"},
-            "seeds": {"type": "string", "default": "none"},
-            "set": {"type": "string", "default": "none"},
-            "storage": {"type": "string", "default": "default"},
-        },
-        "command": (
-            "python -m ncflow.cli sweep {name} --workers {workers} --dataset {dataset} --seeds {seeds} "
-            "--set {set} --storage {storage}"
-        ),
-    }
-    entry_points["reproduce"] = {
-        "parameters": {
-            "dataset": {"type": "string", "default": "mnist"},
-            "sweeps": {"type": "string", "default": "all"},
-            "seeds": {"type": "string", "default": "none"},
-            "set": {"type": "string", "default": "none"},
-            "workers": {"type": "float", "default": "1"},
-            "storage": {"type": "string", "default": "default"},
-            "out": {"type": "string", "default": "report"},
-        },
-        "command": (
-            "python -m ncflow.cli reproduce --dataset {dataset} --sweeps {sweeps} --seeds {seeds} --set {set} "
-            "--workers {workers} --storage {storage} --out {out}"
-        ),
-    }
+    # MLproject cannot repeat an option: `set` takes several k=v joined by commas ("phase1_epochs=3,width=64");
+    # `none` leaves the sweep's own data set, seeds and settings; `default` is the local journal storage.
+    entry_points["sweep"] = cli_entry_point(
+        "sweep", {"name": "depth", "workers": "1", "dataset": "none", "seeds": "none", "set": "none",
+                  "storage": "default"}, positional=("name",),
+    )
+    entry_points["reproduce"] = cli_entry_point(
+        "reproduce", {"dataset": "mnist", "sweeps": "all", "seeds": "none", "set": "none", "workers": "1",
+                      "storage": "default", "out": "report"},
+    )
     entry_points["analyze"] = {
         "parameters": {
             "out": {"type": "string", "default": "report"},

@@ -113,6 +113,7 @@ class RunRecord:
         self._journal: Any = None
         self._entries: int | None = None
         self._append_lock = threading.Lock()
+        self._read_mark = (0, 0)  # (entries, bytes) of the journal's complete lines read so far
 
     # ---------------------------------------------------------------------------------------- creation
 
@@ -216,17 +217,25 @@ class RunRecord:
     # ----------------------------------------------------------------------------------------- reading
 
     def entries(self, start: int = 0) -> Iterator[dict[str, Any]]:
-        """Journal entries from index `start`; a last line cut by a kill is skipped."""
+        """Journal entries from index `start`; a last line cut by a kill is skipped.
+
+        The byte offset of the furthest complete line read is remembered, so the shipper, which asks for
+        the entries after what it shipped every few seconds, reads only what is new (the journal only grows).
+        """
         path = self.directory / JOURNAL_FILE
         if not path.exists():
             return
+        index, offset = self._read_mark if self._read_mark[0] <= start else (0, 0)
         with open(path, "rb") as handle:
-            for index, line in enumerate(handle):
-                if index < start:
-                    continue
+            handle.seek(offset)
+            for line in iter(handle.readline, b""):
                 if not line.endswith(b"\n"):
                     return
-                yield json.loads(line)
+                index, offset = index + 1, offset + len(line)
+                if index > self._read_mark[0]:
+                    self._read_mark = (index, offset)
+                if index > start:
+                    yield json.loads(line)
 
     def entry_count(self) -> int:
         if self._entries is not None:
