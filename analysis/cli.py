@@ -58,20 +58,22 @@ def formats_option(flag: str, dest: str, allowed: Sequence[str], what: str) -> C
 def source_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The options every command shares, gathered into a `Source` argument."""
 
-    @click.option("--tracking-uri", default=None,
+    @click.option("--tracking-uri", default=None, metavar="URI",
                   help="MLflow tracking URI (sqlite:///mlflow.db, http://host:5000); "
-                       "default: $MLFLOW_TRACKING_URI, else MLflow's local default.")
-    @click.option("--experiment", default=contract.DEFAULT_EXPERIMENT, show_default=True,
-                  help="MLflow experiment name.")
-    @click.option("--sweep", default=None,
+                       "default: $MLFLOW_TRACKING_URI, else MLflow's local default sqlite:///mlflow.db.")
+    @click.option("--experiment", default=None, metavar="NAME",
+                  help="Only runs of this MLflow experiment. Default (or `all`): every experiment, so runs of "
+                       "`mlflow run .` (experiment Default) and of `ncflow train` (experiment ncflow) are both found.")
+    @click.option("--sweep", default=None, metavar="NAME",
                   help=f"Only runs of this sweep (tag {contract.TAG_SWEEP}); `all`: every run.")
     @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                   help="History cache (default: $NCFLOW_ANALYSIS_CACHE or ~/.cache/ncflow-analysis).")
     @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar while fetching.")
     @functools.wraps(command)
-    def wrapper(tracking_uri: str | None, experiment: str, sweep: str | None, cache_dir: Path | None,
+    def wrapper(tracking_uri: str | None, experiment: str | None, sweep: str | None, cache_dir: Path | None,
                 progress: bool, **kwargs: Any) -> Any:
         sweep = None if sweep in (None, "", "all") else sweep  # `all` (MLproject's default): every run
+        experiment = None if experiment in (None, "", "all") else experiment
         return command(Source(tracking_uri, experiment, sweep, cache_dir, progress), **kwargs)
 
     return wrapper
@@ -93,13 +95,14 @@ def runs_listing(frame: pd.DataFrame) -> str:
     })
     counts = frame["status"].fillna("untagged").value_counts().sort_index()
     summary = f"{len(frame)} runs: " + ", ".join(f"{n} {status}" for status, n in counts.items())
-    return listing.to_string(index=False) + "\n" + summary
+    return listing.to_string(index=False) + "\n" + summary + f" (read from {reporting.experiments_read(frame)})"
 
 
 # ----------------------------------------------------------------------------------------- commands
 
 
 @click.group()
+@click.version_option(package_name="ncflow", prog_name="ncflow-analysis")
 def main() -> None:
     """Tables, figures and reports of ncflow's neural-collapse runs, read from an MLflow tracking store."""
 
@@ -160,7 +163,8 @@ def report(source: Source, out: Path, formats: tuple[str, ...], figure_formats: 
         click.echo(outcome.describe())
         if log_run:
             run_id = reporting.log_report(source, out, outcome.n_runs)
-            click.echo(f"logged as MLflow run {run_id} in experiment {source.experiment!r}")
+            experiment = source.experiment or contract.DEFAULT_EXPERIMENT
+            click.echo(f"logged as MLflow run {run_id} in experiment {experiment!r}")
 
 
 if __name__ == "__main__":

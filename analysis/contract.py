@@ -60,6 +60,15 @@ PER_EPOCH_METRICS = (TRAIN_LOSS, TRAIN_ACC, TEST_ACC, *COLLAPSE_METRICS, LR, PHA
 HISTORY_EPOCH = "epoch"
 HISTORY_COLUMNS = (HISTORY_EPOCH, *PER_EPOCH_METRICS)
 
+# Per-epoch views for the MLflow UI only (derived from the above; not in history.csv, never read back). The UI
+# orders a run's chart sections by code point, so the upper-case section `NC` opens the Model-metrics tab, ahead
+# of `collapse` (the single-value summaries) and `nc`; its charts sort in this order.
+VIEW_PREFIX = "NC/"
+VIEW_NC1_LOG10 = "NC/NC1_log10"  # log10 NC1: the collapse is visible on a linear chart axis
+VIEW_UNDER_EPS = "NC/under_eps"  # 1 at an epoch with NC1 < ε (the run's threshold), else 0
+VIEW_FN_LOG10 = "NC/fn_log10"  # log10 fn: Phase 1's large norms do not flatten Phase 2's approach to fn*
+VIEW_METRICS = (VIEW_NC1_LOG10, VIEW_FN_LOG10, VIEW_UNDER_EPS)  # the order the UI shows them
+
 # --------------------------------------------------------------------- summary metrics (step 0, when known)
 
 SUMMARY_PREFIXES = ("collapse/", "intervention/")
@@ -102,6 +111,14 @@ DYNAMICS_FIGURE = "figures/dynamics.png"
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_PHASE1_END, CHECKPOINT_COLLAPSE, CHECKPOINT_LAST = "phase1_end", "collapse", "last"
 CHECKPOINTS = (CHECKPOINT_PHASE1_END, CHECKPOINT_COLLAPSE, CHECKPOINT_LAST)
+# `--checkpoints` (the `checkpoints` param): which of CHECKPOINTS a run uploads to MLflow. The local record's
+# resume state (`state.pt`) is kept whatever the choice.
+CHECKPOINT_CHOICES = {
+    "all": CHECKPOINTS,
+    "phase": (CHECKPOINT_PHASE1_END, CHECKPOINT_LAST),  # the default: the intervention's start and the resume state
+    "last": (CHECKPOINT_LAST,),
+    "none": (),
+}
 SWEEP_SPEC_FILE = "sweep.json"  # a sweep parent's definition
 SWEEP_SUMMARY_FILE = "sweep_summary.csv"  # a sweep parent's one row per grid point
 
@@ -115,7 +132,7 @@ def checkpoint_path(name: str) -> str:
 
 # The params that do not change what is trained: left out of the condition hash.
 NON_CONDITION_PARAMS = (
-    "seed", "data_dir", "device", "checkpoint_every", "experiment", "tracking_uri", "fn_ref", "lead",
+    "seed", "data_dir", "device", "checkpoint_every", "checkpoints", "experiment", "tracking_uri", "fn_ref", "lead",
     "stop_after_collapse",
 )
 SYNTHETIC_PARAMS = ("synthetic_classes", "synthetic_shape", "synthetic_per_class")  # only for dataset synthetic

@@ -21,6 +21,7 @@ from analysis.contract import (
 )
 
 PANEL_SIZE = (4.2, 3.2)
+SWITCH_SETTLE = 10  # epochs after the CE → MSE switch whose accuracy dip may fall below the accuracy axis
 DPI = 120  # PNG resolution; figures are laid out at it, so a frozen layout is exactly the one PNG would get
 
 Run = Mapping[str, object] | pd.Series
@@ -78,12 +79,31 @@ def _phase_switch(history: pd.DataFrame, run: Run) -> float:
     return math.nan
 
 
+def _clip_switch_dip(ax: Axes, history: pd.DataFrame, switch: float, settle: int = SWITCH_SETTLE) -> None:
+    """Keep the accuracy axis on the curves, not on the few epochs after the CE → MSE switch: when those dip below
+    everything else, the axis starts at the rest's minimum and a note gives the dip's depth."""
+    if math.isnan(switch):
+        return
+    values = pd.concat([_series(history, key) for key in (TRAIN_ACC, TEST_ACC)])
+    if values.empty:
+        return
+    dip = values[(values.index > switch) & (values.index <= switch + settle)]
+    rest = values.drop(dip.index)
+    if dip.empty or rest.empty or dip.min() >= rest.min():
+        return
+    low, high = float(rest.min()), float(values.max())
+    margin = 0.05 * max(high - low, 0.01)
+    ax.set_ylim(low - margin, high + margin)
+    ax.annotate(f"switch dip to {dip.min():.1%} (below the axis)", xy=(0.98, 0.04), xycoords="axes fraction",
+                ha="right", fontsize="small", color="0.4")
+
+
 # ------------------------------------------------------------------------------------- the figure
 
 
 def plot_dynamics(history: pd.DataFrame, run: Run, axes: Sequence[Axes] | None = None) -> np.ndarray:
-    """Figure 1 for one run: (a) accuracy, (b) NC1 on a log axis with the ε line, (c) NC2 and NC3,
-    (d) fn with fn*, the CE → MSE switch and T_NC marked.
+    """Figure 1 for one run: (a) accuracy (the switch's brief dip may fall below the axis, noted), (b) NC1 on a
+    log axis with the ε line, (c) NC2 and NC3, (d) fn on a log axis with fn*, the CE → MSE switch and T_NC marked.
 
     `history` is wide: one row per epoch (an `epoch` column, as training's per-epoch records, or the epoch
     index of `analysis.selection.histories_by_run`), one column per metric key. `run` holds the run's params
@@ -98,6 +118,7 @@ def plot_dynamics(history: pd.DataFrame, run: Run, axes: Sequence[Axes] | None =
         if len(series):
             acc.plot(series.index, series.to_numpy(), label=label)
     acc.set(title="(a) Accuracy", xlabel="epoch", ylabel="accuracy")
+    _clip_switch_dip(acc, wide, switch)
     series = _series(wide, NC1)
     nc1.plot(series.index, series.to_numpy(), color="C0", label="NC1", gid=NC1)
     nc1.set_yscale("log")
@@ -114,7 +135,9 @@ def plot_dynamics(history: pd.DataFrame, run: Run, axes: Sequence[Axes] | None =
     fn_star = run_value(run, FN_STAR)
     if not math.isnan(fn_star):
         fn.axhline(fn_star, color="C3", linestyle="--", linewidth=1, label=f"fn* = {fn_star:.3f}")
-    fn.set(title="(d) Mean feature norm", xlabel="epoch", ylabel="fn")
+    if len(series) and (series > 0).all():
+        fn.set_yscale("log")  # Phase 1's norms are often 10× fn*: a linear axis flattens the approach to it
+    fn.set(title="(d) Mean feature norm (log)", xlabel="epoch", ylabel="fn")
     for ax in axes[:4]:
         mark_vertical(ax, switch, "CE → MSE", "--", "0.5")
         mark_vertical(ax, t_nc, f"T_NC = {t_nc:.0f}" if not math.isnan(t_nc) else "", ":", "C3")

@@ -97,8 +97,7 @@ def figure_activation(estimates: Estimates) -> Figure | None:
         group = used[used["activation"] == value]
         name = fmt_value("activation", value)
         plot_trajectories(estimates.lookup, group, NC1, ax=axes[0, index], logy=True).set_title(f"{name}: NC1")
-        plot_trajectories(estimates.lookup, group.assign(_act=value), FN, ax=axes[1, index], hue="_act",
-                          bands=bands)
+        plot_trajectories(estimates.lookup, group, FN, ax=axes[1, index], hue="activation", bands=bands)
         axes[1, index].set_title(f"{name}: fn (fn* ± σ shaded)")
     return axes[0, 0].figure
 
@@ -118,15 +117,15 @@ def figure_weight_decay(estimates: Estimates) -> Figure | None:
 
 
 def figure_summary(estimates: Estimates) -> Figure | None:
-    panels = [(param, estimates.family(param)) for param in ("depth", "activation", "weight_decay")]
+    """Figure 6: T_NC against each swept factor present (depth, activation, weight decay) and fn* by grid pair;
+    only the panels whose runs exist are drawn, so a lone panel gets a canvas of its own size."""
+    families = [(param, family) for param in ("depth", "activation", "weight_decay")
+                if not (family := estimates.family(param)).empty]
     grid = estimates.grid
-    if all(family.empty for _, family in panels) and grid is None:
+    if not families and grid is None:
         return None
-    axes = new_axes(1, 4)
-    for ax, (param, family), letter in zip(axes, panels, "abc"):
-        if family.empty:
-            ax.set_axis_off()
-            continue
+    axes = new_axes(1, len(families) + (grid is not None))
+    for ax, (param, family), letter in zip(axes, families, "abcd"):
         plot_sweep(family.numbers, param, "T_NC", ax=ax, logx=param == "weight_decay")
         ax.set_title(f"({letter}) T_NC vs {LABELS[param]}")
         if param == "activation":  # activation moves both speed and fn*: fn* on a second axis
@@ -135,11 +134,10 @@ def figure_summary(estimates: Estimates) -> Figure | None:
                 line.set_color("C1")
             twin.set_ylabel("fn* (orange)")
             ax.set_title(f"({letter}) T_NC and fn* vs {LABELS[param]}")
-    if grid is None:
-        axes[3].set_axis_off()
-    else:
-        plot_fn_star_points(grid.cells, ["cell_arch", "dataset"], ax=axes[3])
-        axes[3].set_title(f"(d) fn* by pair (ANOVA F = {grid.anova.f:.2f})")
+    if grid is not None:
+        ax = axes[len(families)]
+        plot_fn_star_points(grid.cells, ["cell_arch", "dataset"], ax=ax)
+        ax.set_title(f"({'abcd'[len(families)]}) fn* by pair (ANOVA F = {grid.anova.f:.2f})")
     return axes[0].figure
 
 

@@ -85,6 +85,10 @@ def plot_sweep(numbers: pd.DataFrame, x: str, y: str = "T_NC", ax: Axes | None =
                 linestyle="none" if categorical else "-")
     for position, mean, n in zip(positions[done], means[done], numbers["n_collapsed"].to_numpy()[done]):
         ax.annotate(f"n={n}", (position, mean), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
+    if not done.any():  # nothing to draw: say so instead of an empty frame with meaningless ticks
+        ax.text(0.5, 0.5, "no condition collapsed (DNF):\n" + ", ".join(fmt_value(x, v) for v in numbers[x]),
+                transform=ax.transAxes, ha="center", va="center", color="C3", fontsize="small")
+        ax.set_yticks([])
     if (~done).any():  # never collapsed: a DNF mark at the top, inside the x-range
         level = np.nanmean(means) if done.any() else 0.0
         ax.update_datalim(np.column_stack([positions[~done], np.full((~done).sum(), level)]))

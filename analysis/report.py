@@ -4,7 +4,7 @@
 manifest (`MANIFEST`: a digest of its inputs and the files it wrote); a repeated report over an unchanged
 store finds the manifest matching and the files in place, and rewrites nothing (`force` rebuilds).
 `log_report` records the output directory as the artifacts of an MLflow run `analysis-…` (kind
-`contract.KIND_ANALYSIS`) in the same experiment, or of the run `mlflow run` made for this process.
+`contract.KIND_ANALYSIS`) in the experiment read (`contract.DEFAULT_EXPERIMENT` when every one was), or of the run `mlflow run` made for this process.
 Never imports torch; tables and figures (scipy, matplotlib) are imported only when something is written.
 """
 
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import mlflow
 import pandas as pd
 
-from analysis import contract, store
+from analysis import catalogue, contract, store
 from analysis.mlflow_env import adopted_run_id, resolve_tracking_uri
 from analysis.run_history import ENDED_STATUSES
 
@@ -42,7 +42,7 @@ class Source:
     """Where the runs come from, as given on the command line."""
 
     tracking_uri: str | None
-    experiment: str
+    experiment: str | None  # None: every experiment (ncflow's training runs are found by their kind tag)
     sweep: str | None
     cache_dir: Path | None
     progress: bool
@@ -53,14 +53,23 @@ class Source:
 
     def describe(self) -> str:
         sweep = f", sweep {self.sweep!r}" if self.sweep else ""
-        return f"experiment {self.experiment!r}{sweep} at {self.uri}"
+        where = "every experiment" if self.experiment is None else f"experiment {self.experiment!r}"
+        return f"{where}{sweep} at {self.uri}"
+
+
+def experiments_read(runs: pd.DataFrame) -> str:
+    """`experiments 'Default' (1 run), 'ncflow' (12 runs)`: where the runs came from."""
+    names = runs["experiment"].fillna(runs["experiment_id"].astype(str))
+    counts = names.value_counts().sort_index()
+    parts = [f"{name!r} ({n} run{'s' if n != 1 else ''})" for name, n in counts.items()]
+    return ("experiment " if len(parts) == 1 else "experiments ") + ", ".join(parts)
 
 
 def read_runs(source: Source) -> pd.DataFrame:
     """The training runs of the source; a StoreError naming what was searched when there are none."""
     runs = store.load_runs(source.tracking_uri, experiment=source.experiment, sweep=source.sweep)
     if runs.empty:
-        raise store.StoreError(f"no runs found in {source.describe()}")
+        raise store.StoreError(f"no ncflow training runs found in {source.describe()}")
     return runs
 
 
@@ -117,7 +126,7 @@ def report_markdown(source: Source, runs: pd.DataFrame, tables: Written, figures
     lines = [
         "# ncflow analysis report", "",
         f"Source: {source.describe()} — {len(runs)} runs "
-        f"({', '.join(f'{n} {status}' for status, n in counts.items())}). "
+        f"({', '.join(f'{n} {status}' for status, n in counts.items())}) read from {experiments_read(runs)}. "
         f"Generated {stamp} with MLflow {mlflow.__version__}.", "",
         "## Tables", "",
     ]
@@ -138,7 +147,23 @@ def report_markdown(source: Source, runs: pd.DataFrame, tables: Written, figures
         if png:
             lines += [f"![{stem}]({_link(png, out_dir)})", ""]
         lines += [_files_line(paths, out_dir), ""]
+    lines += not_written_lines(tables, figures)
     return "\n".join(lines)
+
+
+def not_written(tables: Written, figures: Sequence[Path]) -> list[catalogue.Output]:
+    """The paper's tables and figures this report could not build."""
+    return (catalogue.missing(catalogue.TABLES, tables)
+            + catalogue.missing(catalogue.FIGURES, (path.stem for path in figures)))
+
+
+def not_written_lines(tables: Written, figures: Sequence[Path]) -> list[str]:
+    absent = not_written(tables, figures)
+    if not absent:
+        return ["## Not written", "", "Every table and figure of the paper was written.", ""]
+    lines = ["## Not written", "", "These need runs this selection does not have:", ""]
+    lines += [f"- **{output.title}** (`{output.stem}`): needs {output.needs}; none found." for output in absent]
+    return lines + [""]
 
 
 def write_report(source: Source, runs: pd.DataFrame, out_dir: Path, table_formats: Sequence[str],
@@ -162,12 +187,17 @@ class Outcome:
     n_tables: int
     n_figure_files: int
     reused: bool  # the manifest matched: nothing was rewritten
+    experiments: str = ""  # `experiments_read` of the runs
+    n_not_written: int = 0  # the paper's tables and figures the runs did not allow (listed in report.md)
 
     def describe(self) -> str:
+        read = f" in {self.experiments}" if self.experiments else ""
+        if self.n_not_written:
+            read += f"; {self.n_not_written} of the paper's tables and figures not written (report.md says why)"
         if self.reused:
             return (f"{self.path}: up to date, {self.n_tables} tables, {self.n_figure_files} figure files "
-                    f"from {self.n_runs} runs (store unchanged; --force rebuilds)")
-        return f"{self.path}: {self.n_tables} tables, {self.n_figure_files} figure files from {self.n_runs} runs"
+                    f"from {self.n_runs} runs{read} (store unchanged; --force rebuilds)")
+        return f"{self.path}: {self.n_tables} tables, {self.n_figure_files} figure files from {self.n_runs} runs{read}"
 
 
 def build_report(source: Source, out_dir: Path, table_formats: Sequence[str], figure_formats: Sequence[str],
@@ -178,13 +208,16 @@ def build_report(source: Source, out_dir: Path, table_formats: Sequence[str], fi
     manifest = None if force else reusable(out_dir, key)
     report_path = out_dir / REPORT_FILE
     if manifest is not None:
-        return Outcome(report_path, len(runs), manifest["tables"], manifest["figure_files"], reused=True)
+        return Outcome(report_path, len(runs), manifest["tables"], manifest["figure_files"], reused=True,
+                       experiments=experiments_read(runs), n_not_written=manifest.get("not_written", 0))
     (out_dir / MANIFEST).unlink(missing_ok=True)  # a rebuild that fails half-way leaves no manifest behind
     written, figure_paths = write_report(source, runs, out_dir, table_formats, figure_formats)
+    absent = len(not_written(written, figure_paths))
     if key is not None:
         table_paths = [path for _, paths in written.values() for path in paths]
-        write_manifest(out_dir, key, len(runs), len(written), [report_path, *table_paths, *figure_paths])
-    return Outcome(report_path, len(runs), len(written), len(figure_paths), reused=False)
+        write_manifest(out_dir, key, len(runs), len(written), [report_path, *table_paths, *figure_paths], absent)
+    return Outcome(report_path, len(runs), len(written), len(figure_paths), reused=False,
+                   experiments=experiments_read(runs), n_not_written=absent)
 
 
 def log_report(source: Source, out_dir: Path, n_runs: int) -> str:
@@ -202,8 +235,9 @@ def log_report(source: Source, out_dir: Path, n_runs: int) -> str:
             client.set_tag(adopted, key, value)
         client.log_artifacts(adopted, str(out_dir))
         return adopted
-    experiment = client.get_experiment_by_name(source.experiment)
-    run = client.create_run(experiment.experiment_id, run_name=name, tags=tags)
+    experiment = client.get_experiment_by_name(source.experiment or contract.DEFAULT_EXPERIMENT)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(contract.DEFAULT_EXPERIMENT)
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
     try:
         client.log_artifacts(run.info.run_id, str(out_dir))
     except Exception:
@@ -270,9 +304,10 @@ def reusable(out_dir: Path, key: str | None) -> dict[str, Any] | None:
     return None
 
 
-def write_manifest(out_dir: Path, key: str, n_runs: int, n_tables: int, paths: Sequence[Path]) -> None:
+def write_manifest(out_dir: Path, key: str, n_runs: int, n_tables: int, paths: Sequence[Path],
+                   not_written: int = 0) -> None:
     """Record the report's key and files (relative path → size); written last, so it vouches for them all."""
     files = {_link(path, out_dir): path.stat().st_size for path in paths}
-    manifest = {"key": key, "runs": n_runs, "tables": n_tables,
+    manifest = {"key": key, "runs": n_runs, "tables": n_tables, "not_written": not_written,
                 "figure_files": sum(1 for name in files if name.startswith("figures/")), "files": files}
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")

@@ -2,8 +2,8 @@
 
 Two tidy frames, read once and cached (`analysis.contract` names what training writes):
 
-- `load_runs` → one row per run. Columns, in order: `run_id, run_name, experiment_id, mlflow_status,
-  start_time, end_time` (ms, nullable Int64), `status, condition, sweep, fail_reason, divergence_reason,
+- `load_runs` → one row per run. Columns, in order: `run_id, run_name, experiment_id, experiment` (its name),
+  `mlflow_status, start_time, end_time` (ms, nullable Int64), `status, condition, sweep, fail_reason, divergence_reason,
   parent_run_id, kind` (the tags of `TAG_COLUMNS`), `artifact_uri`; then every param under its own name,
   parsed (`7` → int, `2e-4` and `0.0002` → 0.0002, `true`/`false` → bool, `none`/`off`/empty → None/NaN,
   anything else — `auto`, `300,450` — stays a string); then every metric key as a float column holding the
@@ -43,7 +43,7 @@ from analysis.run_history import (
 )
 
 FIXED_COLUMNS = (
-    "run_id", "run_name", "experiment_id", "mlflow_status", "start_time", "end_time", "status", "condition",
+    "run_id", "run_name", "experiment_id", "experiment", "mlflow_status", "start_time", "end_time", "status", "condition",
     "sweep", "fail_reason", "divergence_reason", "parent_run_id", "kind", "artifact_uri",
 )
 TAG_COLUMNS = {  # runs-frame column → the tag it holds
@@ -148,11 +148,13 @@ def _quote(value: str) -> str:
     raise StoreError(f"cannot filter on a value with both quote characters: {value!r}")
 
 
-def build_filter(sweep: str | None, status: str | None, kind: str, params: Mapping[str, Any]) -> str:
+def build_filter(sweep: str | None, status: str | None, kind: str, params: Mapping[str, Any],
+                 strict_kind: bool = False) -> str:
     """The server-side part of the filters (exact strings only; numbers are compared after parsing).
 
     `status` in upper case (FINISHED, FAILED, …) filters MLflow's run status, otherwise the status tag.
-    A training kind is applied client-side (runs without the tag count as training runs); `ANY_KIND` not at all.
+    A training kind is applied client-side (runs without the tag count as training runs) unless `strict_kind`
+    (every experiment is read: only runs tagged as ncflow's); `ANY_KIND` not at all.
     """
     clauses = []
     if sweep is not None:
@@ -162,7 +164,7 @@ def build_filter(sweep: str | None, status: str | None, kind: str, params: Mappi
             clauses.append(f"attributes.status = {_quote(status)}")
         else:
             clauses.append(f"tags.`{contract.TAG_STATUS}` = {_quote(status)}")
-    if kind not in (contract.KIND_TRAIN, ANY_KIND):
+    if kind != ANY_KIND and (strict_kind or kind != contract.KIND_TRAIN):
         clauses.append(f"tags.`{contract.TAG_KIND}` = {_quote(kind)}")
     for name, wanted in params.items():
         value = parse_param(str(wanted))
@@ -171,17 +173,17 @@ def build_filter(sweep: str | None, status: str | None, kind: str, params: Mappi
     return " and ".join(clauses)
 
 
-def _experiment_ids(client: MlflowClient, experiment: str | None, uri: str) -> list[str]:
-    """Ids of the named experiment (None: every active experiment)."""
+def experiment_names(client: MlflowClient, experiment: str | None, uri: str) -> dict[str, str]:
+    """Id → name of the named experiment (None: of every active experiment)."""
     try:
         if experiment is None:
-            return [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+            return {e.experiment_id: e.name for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)}
         found = client.get_experiment_by_name(experiment)
     except MlflowException as error:
         raise StoreError(f"cannot read the tracking store at {uri}: {first_line(error)}") from None
     if found is None:
         raise StoreError(f"no experiment named {experiment!r} in the tracking store at {uri}")
-    return [found.experiment_id]
+    return {found.experiment_id: found.name}
 
 
 def search_all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str) -> list[Run]:
@@ -197,12 +199,14 @@ def search_all_runs(client: MlflowClient, experiment_ids: list[str], filter_stri
             return runs
 
 
-def run_record(run: Run) -> tuple[dict[str, Any], dict[str, Any], dict[str, float]]:
-    """(fixed columns, parsed params, metrics) of one run."""
+def run_record(run: Run, experiments: Mapping[str, str] | None = None,
+               ) -> tuple[dict[str, Any], dict[str, Any], dict[str, float]]:
+    """(fixed columns, parsed params, metrics) of one run; `experiments` maps experiment ids to names."""
     info, tags = run.info, run.data.tags
     fixed = {
         "run_id": info.run_id, "run_name": info.run_name or tags.get(contract.TAG_RUN_NAME),
-        "experiment_id": info.experiment_id, "mlflow_status": info.status,
+        "experiment_id": info.experiment_id, "experiment": (experiments or {}).get(info.experiment_id),
+        "mlflow_status": info.status,
         "start_time": info.start_time, "end_time": info.end_time, "artifact_uri": info.artifact_uri,
     }
     fixed.update({column: tags.get(tag) for column, tag in TAG_COLUMNS.items()})
@@ -260,24 +264,27 @@ def _keep_params(frame: pd.DataFrame, params: Mapping[str, Any]) -> pd.DataFrame
 
 def load_runs(
     tracking_uri: str | None = None,
-    experiment: str | None = contract.DEFAULT_EXPERIMENT,
+    experiment: str | None = None,
     sweep: str | None = None,
     status: str | None = None,
     params: Mapping[str, str] | None = None,
     kind: str = contract.KIND_TRAIN,
 ) -> pd.DataFrame:
-    """One row per run of `experiment` (None: all experiments); see the module docstring for the columns.
+    """One row per run of `experiment` (None: every experiment); see the module docstring for the columns.
 
-    Filters: `sweep` (the sweep tag), `status` (the status tag, e.g. `collapsed`; in upper case MLflow's run
+    Runs are found wherever they were logged: `mlflow run .` puts them in MLflow's `Default` experiment (or
+    its `--experiment-name`), `ncflow train` in `ncflow`. Reading every experiment keeps only runs that carry
+    ncflow's kind tag, so other projects' runs in a shared store stay out. Filters: `sweep` (the sweep tag), `status` (the status tag, e.g. `collapsed`; in upper case MLflow's run
     status, e.g. `FINISHED`), `params` (name → value, compared as parsed values so `2e-4` matches `0.0002`),
-    `kind` (the kind tag: `train` keeps training runs and runs without the tag — runs logged before the tag
-    existed, or by hand — but not sweep parents or analysis runs; `sweep`/`analysis` keep only those; `any` all).
+    `kind` (the kind tag: `train` keeps training runs and, in a named experiment, runs without the tag —
+    runs logged before the tag existed, or by hand — but not sweep parents or analysis runs; `sweep`/`analysis` keep only those; `any` all).
     Deleted runs are never read. No match gives an empty frame with the fixed columns.
     """
     params = dict(params or {})
     client, uri = make_client(tracking_uri)
-    experiment_ids = _experiment_ids(client, experiment, uri)
-    filter_string = build_filter(sweep, status, kind, params)
+    experiments = experiment_names(client, experiment, uri)
+    experiment_ids = list(experiments)
+    filter_string = build_filter(sweep, status, kind, params, strict_kind=experiment is None)
     try:
         found = search_all_runs(client, experiment_ids, filter_string) if experiment_ids else []
     except MlflowException as error:
@@ -285,7 +292,7 @@ def load_runs(
     runs = [run for run in found if _kind_matches(run, kind)]
     if not runs:
         return pd.DataFrame({name: pd.Series(dtype=object) for name in FIXED_COLUMNS})
-    frame = _keep_params(runs_frame([run_record(run) for run in runs]), params)
+    frame = _keep_params(runs_frame([run_record(run, experiments) for run in runs]), params)
     return frame.reset_index(drop=True)
 
 

@@ -191,3 +191,17 @@ class CollapseDetector:
             known[contract.t_nc_at(eps)], known[contract.fn_star_at(eps)] = self.at_threshold(eps)
         summary.update({key: float(value) for key, value in known.items() if value is not None})
         return summary
+
+
+def view_metrics(nc1: float, fn: float, threshold: float) -> dict[str, float]:
+    """The MLflow UI's per-epoch views of one epoch (`contract.VIEW_METRICS`); non-finite inputs are left out.
+
+    log10 is taken of max(value, 1e-12), so an exact zero charts as -12 rather than -inf.
+    """
+    views: dict[str, float] = {}
+    if math.isfinite(nc1):
+        views[contract.VIEW_NC1_LOG10] = math.log10(max(nc1, 1e-12))
+        views[contract.VIEW_UNDER_EPS] = float(nc1 < threshold)
+    if math.isfinite(fn):
+        views[contract.VIEW_FN_LOG10] = math.log10(max(fn, 1e-12))
+    return views

@@ -60,6 +60,7 @@ class RunConfig:
     rescale_alpha: float = 1.0  # with init_from: multiply the final hidden layer (weight and bias) by α first
     stop_after_collapse: str = "off"  # off | N: stop N epochs after T_NC
     checkpoint_every: int = 50  # save checkpoints/last.pt every N epochs (and at the end)
+    checkpoints: str = "phase"  # which checkpoints MLflow keeps: all | phase (phase1_end + last) | last | none
     synthetic_classes: int = 10  # synthetic data: number of classes K
     synthetic_shape: str = "1x8x8"  # synthetic data: C x H x W of each sample
     synthetic_per_class: int = 100  # synthetic data: training samples per class
@@ -250,6 +251,10 @@ def validate(config: RunConfig) -> None:
     _require(
         config.stop_after_collapse == "off" or config.stop_after_collapse.isdigit(),
         f"stop_after_collapse: expected off or a whole number of epochs, got {config.stop_after_collapse!r}",
+    )
+    _require(
+        config.checkpoints in contract.CHECKPOINT_CHOICES,
+        f"checkpoints: expected one of {' | '.join(contract.CHECKPOINT_CHOICES)}, got {config.checkpoints!r}",
     )
     _require(config.checkpoint_every >= 1, f"checkpoint_every: expected a positive integer, got {config.checkpoint_every}")
     _require(config.synthetic_classes >= 2, f"synthetic_classes: expected at least 2, got {config.synthetic_classes}")

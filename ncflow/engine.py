@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from analysis import contract
-from ncflow.collapse import CollapseDetector, resolve_threshold
+from ncflow.collapse import CollapseDetector, resolve_threshold, view_metrics
 from ncflow.config import ConfigError, RunConfig, run_name
 from ncflow.data import DataUnavailable, InMemoryData, batch_indices, load_dataset
 from ncflow.metrics import METRIC_NAMES, NonFiniteFeaturesError, collapse_metrics
@@ -301,7 +301,8 @@ def run_epochs(setup: Setup, sink: Sink, progress: bool) -> None:
             events = update_detector(setup, row)
             setup.history.append(row)
             if kept is None:
-                sink.epoch(epoch, {k: row[k] for k in contract.PER_EPOCH_METRICS})
+                views = view_metrics(row[contract.NC1], row[contract.FN], detector.threshold)
+                sink.epoch(epoch, {**{k: row[k] for k in contract.PER_EPOCH_METRICS}, **views})
             state = checkpoint_state(setup, epoch)
             sink.state(state)
             bar.set_postfix(phase=int(row[contract.PHASE]), loss=f"{row[contract.TRAIN_LOSS]:.4f}",

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from ncflow.cli_options import VALUE_SUFFIX, option_name
 from ncflow.config import PRESETS, RunConfig, format_value
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,7 +35,14 @@ def project_parameters(config: RunConfig) -> dict[str, dict[str, Any]]:
 
 
 def train_command(parameters: dict[str, Any]) -> str:
-    options = " ".join(f"--{name.replace('_', '-')} {{{name}}}" for name in parameters)
+    """`python -m ncflow.cli train --depth {depth} …`; a boolean field goes as `--nesterov-value {nesterov}`
+    (the command line's `--nesterov/--no-nesterov` takes no value, and MLproject can only substitute one)."""
+    flags = {field.name for field in fields(RunConfig) if field.type == "bool"}
+
+    def option(name: str) -> str:
+        return option_name(name) + (VALUE_SUFFIX if name in flags else "")
+
+    options = " ".join(f"{option(name)} {{{name}}}" for name in parameters)
     return f"python -m ncflow.cli train {options}"
 
 
@@ -64,7 +72,7 @@ def mlproject() -> dict[str, Any]:
     entry_points["analyze"] = {
         "parameters": {
             "out": {"type": "string", "default": "report"},
-            "experiment": {"type": "string", "default": "ncflow"},
+            "experiment": {"type": "string", "default": "all"},
             "sweep": {"type": "string", "default": "all"},
         },
         "command": "python -m analysis.cli report --out {out} --experiment {experiment} --sweep {sweep} --log",

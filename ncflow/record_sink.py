@@ -78,9 +78,11 @@ class StateWriter:
 class RecordSink:
     """`ncflow.engine.Sink` into a `RunRecord`; `last.pt` is also journaled for upload every `checkpoint_every`."""
 
-    def __init__(self, record: RunRecord, checkpoint_every: int) -> None:
+    def __init__(self, record: RunRecord, checkpoint_every: int,
+                 keep: tuple[str, ...] = contract.CHECKPOINTS) -> None:
         self.record = record
         self.checkpoint_every = checkpoint_every
+        self.keep = keep  # the checkpoints MLflow gets (`--checkpoints`); the others are not written
         self.writer = StateWriter(record)
         self.latest: Mapping[str, Any] | None = None
         self._last_submit = -float("inf")
@@ -93,6 +95,8 @@ class RecordSink:
             self.record.metrics(0, metrics)
 
     def checkpoint(self, name: str, state: Mapping[str, Any]) -> None:
+        if name not in self.keep:
+            return
         self.record.artifact_bytes(contract.checkpoint_path(name), state_bytes(state))
 
     def state(self, state: Mapping[str, Any]) -> None:

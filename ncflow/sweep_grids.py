@@ -257,6 +257,10 @@ def phase1_points(sweep: Sweep, seeds: Iterable[int], overrides: Mapping[str, An
     end of Phase 1 and its α runs' learning rate would climb back up). It is also the control of the t-tests.
     """
     forced = {"init_from": "none", "rescale_alpha": 1.0, "protocol": "two-phase"}
+    chosen = str(overrides.get("checkpoints", sweep.fixed.get("checkpoints", "phase")))
+    if chosen in ("last", "none"):
+        raise ConfigError(f"checkpoints: the {sweep.name} sweep starts Phase 2 from its Phase-1 runs' "
+                          f"checkpoints/phase1_end.pt; use phase or all, got {chosen!r}")
     return [
         GridPoint(PHASE1, (), seed, _point_config(sweep, {}, {**overrides, **forced, "seed": seed}, f"phase1 seed={seed}"), (-1, seed))
         for seed in sorted(set(seeds))

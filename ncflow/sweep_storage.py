@@ -20,7 +20,10 @@ from optuna.trial import FrozenTrial
 
 from ncflow.config import ConfigError
 
-DEFAULT_STORAGE = "optuna.journal"  # a JournalFileBackend file in the working directory
+# A JournalFileBackend file under the working directory's `.ncflow/` (git-ignored, beside the run records); the
+# sweep lock files sit next to it. A sweep started before this default (./optuna.journal) keeps its journal.
+DEFAULT_STORAGE = ".ncflow/optuna.journal"
+OLD_DEFAULT_STORAGE = "optuna.journal"
 
 
 def storage_url(raw: str | None) -> str:
@@ -28,6 +31,10 @@ def storage_url(raw: str | None) -> str:
     text = (raw or "").strip()
     if text in ("", "default", "none"):
         text = DEFAULT_STORAGE
+        if not Path(text).exists() and Path(OLD_DEFAULT_STORAGE).exists():
+            text = OLD_DEFAULT_STORAGE
+        else:
+            Path(text).parent.mkdir(parents=True, exist_ok=True)
     for bare in ("postgresql://", "postgres://"):
         if text.startswith(bare):  # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; ncflow ships psycopg2
             return "postgresql+psycopg2://" + text[len(bare) :]

@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from analysis import contract
-from ncflow import engine, run_artifacts, run_care, tracking
+from ncflow import engine, run_artifacts, run_care, run_summary, tracking
 from ncflow.config import ConfigError, RunConfig
 from ncflow.engine import Setup
 from ncflow.record_sink import RecordSink
@@ -41,6 +41,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     unshipped: int = 0  # journal entries MLflow does not have yet (`ncflow sync` sends them)
     record_dir: str = ""
+    place: run_summary.RunPlace | None = None  # where the run is (for the end-of-run message)
 
 
 def resolve_fn_ref(client: MlflowClient, config: RunConfig) -> float | None:
@@ -76,15 +77,36 @@ def record_results(setup: Setup, record: RunRecord, sink: RecordSink) -> dict[st
     record.artifact_bytes(contract.CONFIG_FILE, run_artifacts.config_json(setup.config))
     figure = run_artifacts.dynamics_figure_png(record.run_id, setup.history, summary, setup.config)
     record.artifact_bytes(contract.DYNAMICS_FIGURE, figure)
+    last = setup.history[-1] if setup.history else None
+    note = run_summary.description(record.run_id, setup.config, detector.status, summary, last)
+    record.tags({contract.TAG_NOTE: note})
     return summary
 
 
+def note_start(setup: Setup, record: RunRecord) -> None:
+    """The description a run shows while it trains (replaced by the summary at the end)."""
+    summary = setup.detector.summary_metrics()
+    last = setup.history[-1] if setup.history else None
+    record.tags({contract.TAG_NOTE: run_summary.description(record.run_id, setup.config, contract.STATUS_RUNNING,
+                                                             summary, last)})
+
+
+def place_of(client: MlflowClient, run_id: str) -> run_summary.RunPlace:
+    run = client.get_run(run_id)
+    experiment = client.get_experiment(run.info.experiment_id)
+    return run_summary.RunPlace(run_id, run.info.run_name or "", experiment.name, experiment.experiment_id,
+                                client.tracking_uri, run.info.artifact_uri)
+
+
 def run_recorded(
-    setup: Setup, client: MlflowClient, record: RunRecord, progress: bool, ship_timeout_s: float | None
+    setup: Setup, client: MlflowClient, record: RunRecord, progress: bool, ship_timeout_s: float | None,
+    place: run_summary.RunPlace | None = None,
 ) -> TrainResult:
     """The loop inside an open run. Any exception, Ctrl-C, SIGTERM or SIGHUP leaves the run FAILED/KILLED
     with its reason and a resumable state; what MLflow has not taken yet stays in the record."""
-    sink = RecordSink(record, setup.config.checkpoint_every)
+    config = setup.config
+    sink = RecordSink(record, config.checkpoint_every, contract.CHECKPOINT_CHOICES[config.checkpoints])
+    note_start(setup, record)
     shipper = Shipper(client, record).start()
     final_status = "FAILED"
     try:
@@ -99,7 +121,9 @@ def run_recorded(
     except BaseException as error:  # KeyboardInterrupt and SystemExit too: the run must not stay RUNNING
         interrupted = isinstance(error, KeyboardInterrupt)
         reason = interruption_reason(error) if interrupted else f"{type(error).__name__}: {error}"
-        record.tags({contract.TAG_STATUS: contract.STATUS_FAILED, contract.TAG_FAIL_REASON: reason[:5000]})
+        record.tags({contract.TAG_STATUS: contract.STATUS_FAILED, contract.TAG_FAIL_REASON: reason[:5000],
+                     contract.TAG_NOTE: f"**failed** after epoch {setup.detector.last_epoch or 0}: {reason[:2000]}\n\n"
+                                        f"Continue it with `ncflow train --resume {record.run_id}`."})
         final_status = "KILLED" if interrupted else "FAILED"
         raise
     finally:
@@ -115,7 +139,7 @@ def run_recorded(
             )
     detector = setup.detector
     return TrainResult(record.run_id, detector.status, detector.t_nc, detector.fn_star, summary, setup.history,
-                       unshipped, str(record.directory))
+                       unshipped, str(record.directory), place)
 
 
 def train(
@@ -139,8 +163,9 @@ def train(
     root = record_root(record_dir)
     run_care.sync_in_background(root, client.tracking_uri)  # earlier runs' leftovers for this store
     run_id = tracking.open_run(client, config, sweep=sweep, parent_run_id=parent_run_id, extra_tags=extra_tags)
+    place = place_of(client, run_id)  # read now: the store may be down when the run ends
     record = RunRecord.create(root, run_id, {"tracking_uri": client.tracking_uri, "experiment": config.experiment})
-    return run_recorded(setup, client, record, progress, ship_timeout_s)
+    return run_recorded(setup, client, record, progress, ship_timeout_s, place)
 
 
 # ------------------------------------------------------------------------------------------------ resume
@@ -220,4 +245,4 @@ def resume(
     record.claim({"tracking_uri": client.tracking_uri})
     record.status("RUNNING")
     record.tags({contract.TAG_STATUS: contract.STATUS_RUNNING, contract.TAG_FAIL_REASON: ""})
-    return run_recorded(setup, client, record, progress, ship_timeout_s)
+    return run_recorded(setup, client, record, progress, ship_timeout_s, place_of(client, run_id))

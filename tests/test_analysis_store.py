@@ -70,12 +70,13 @@ def test_tag_columns_are_the_contract_tags():
 
 
 def test_load_runs_rows_columns_and_types(mlflow_store, populated):
-    runs = store.load_runs(mlflow_store.uri)
-    # Training runs and the untagged run, in start order; not the sweep parent, not the analysis run.
+    runs = store.load_runs(mlflow_store.uri, experiment="ncflow")
+    # Training runs and (in a named experiment) the untagged run, in start order; not the sweep parent, not the
+    # analysis run.
     assert list(runs["run_id"]) == [populated[k] for k in ("d5s0", "d5s1", "d7s0", "wd", "untagged", "failed")]
     assert list(runs.columns[: len(store.FIXED_COLUMNS)]) == list(store.FIXED_COLUMNS)
     first = runs.iloc[0]
-    assert first["run_name"] == "mlp5-relu-w512-wd1e-04-mnist-s0"
+    assert first["run_name"] == "mlp5-relu-w512-wd1e-04-mnist-s0" and set(runs["experiment"]) == {"ncflow"}
     assert first["mlflow_status"] == "FINISHED" and first["status"] == c.STATUS_COLLAPSED and first["sweep"] == "depth"
     assert first["start_time"] == 1_000 and first["end_time"] == 1_000 + 1000 * 5  # fixture: start + (epochs + 1) s
     assert first["parent_run_id"] == populated["parent"] and first["kind"] == c.KIND_TRAIN
@@ -100,7 +101,7 @@ def test_load_runs_rows_columns_and_types(mlflow_store, populated):
 
 def test_load_runs_filters(mlflow_store, populated):
     def names(**filters: object) -> set[str]:
-        frame = store.load_runs(mlflow_store.uri, **filters)
+        frame = store.load_runs(mlflow_store.uri, **{"experiment": "ncflow", **filters})
         return {key for key, run_id in populated.items() if run_id in set(frame["run_id"])}
 
     assert names(sweep="depth") == {"d5s0", "d5s1", "d7s0", "failed"}
@@ -118,6 +119,20 @@ def test_load_runs_filters(mlflow_store, populated):
     assert store.load_runs(mlflow_store.uri, sweep="width").columns.tolist() == list(store.FIXED_COLUMNS)
 
 
+def test_every_experiment_is_read_and_only_tagged_runs_are_kept(mlflow_store, populated):
+    """`mlflow run .` logs to Default, `ncflow train` to ncflow: read without --experiment, both are found."""
+    default = mlflow_store.client.get_experiment_by_name("Default").experiment_id
+    from_mlflow_run = _log(mlflow_store, default, depth=2, sweep=None, start_time_ms=7_000)
+    stranger = mlflow_store.client.create_run(default, run_name="someone-elses-run").info.run_id  # no ncflow tag
+    runs = store.load_runs(mlflow_store.uri)
+    expected = [populated[k] for k in ("d5s0", "d5s1", "d7s0", "wd", "failed")] + [from_mlflow_run]
+    assert list(runs["run_id"]) == expected  # the untagged run and the stranger are left out
+    assert stranger not in set(runs["run_id"])
+    assert dict(zip(runs["run_id"], runs["experiment"]))[from_mlflow_run] == "Default"
+    from analysis.report import experiments_read
+    assert experiments_read(runs) == "experiments 'Default' (1 run), 'ncflow' (5 runs)"
+
+
 def test_load_runs_reads_the_store_named_by_the_environment(mlflow_store, populated, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store.uri)  # no URI given: the environment's
     assert set(store.load_runs()["run_id"]) == set(store.load_runs(mlflow_store.uri)["run_id"])
@@ -126,7 +141,8 @@ def test_load_runs_reads_the_store_named_by_the_environment(mlflow_store, popula
 def test_load_runs_names_what_it_could_not_find(mlflow_store):
     missing = f"no experiment named 'ncflow' in the tracking store at {mlflow_store.uri}"
     with pytest.raises(store.StoreError, match=missing):
-        store.load_runs(mlflow_store.uri)
+        store.load_runs(mlflow_store.uri, experiment="ncflow")
+    assert store.load_runs(mlflow_store.uri).empty  # every experiment: none holds an ncflow run
     port = fx.free_port()  # nothing listens there
     start = time.monotonic()
     with pytest.raises(store.StoreError, match=f"cannot reach the MLflow tracking server at http://127.0.0.1:{port}"):

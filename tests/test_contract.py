@@ -28,7 +28,7 @@ def contract_names() -> set[str]:
     names.update(contract.fn_star_at(eps) for eps in contract.EXTRA_THRESHOLDS)
     names.update(contract.checkpoint_path(name) for name in contract.CHECKPOINTS)
     # Parts of names, not names: prefixes, the directory, the metric names before their `nc/` prefix.
-    parts = {contract.NC_PREFIX, *contract.SUMMARY_PREFIXES, contract.CHECKPOINT_DIR, *contract.COLLAPSE_METRIC_NAMES}
+    parts = {contract.NC_PREFIX, contract.VIEW_PREFIX, *contract.SUMMARY_PREFIXES, contract.CHECKPOINT_DIR, *contract.COLLAPSE_METRIC_NAMES}
     return names - parts
 
 
@@ -39,7 +39,7 @@ def test_docs_list_every_contract_name():
 
 
 def test_docs_name_no_metric_or_tag_the_contract_lacks():
-    documented = set(re.findall(r"`((?:ncflow\.|mlflow\.|nc/|train/|test/|time/|collapse/|intervention/|sweep/)[^`\s]*)`", DOCS.read_text()))
+    documented = set(re.findall(r"`((?:ncflow\.|mlflow\.|nc/|NC/|train/|test/|time/|collapse/|intervention/|sweep/)[^`\s]*)`", DOCS.read_text()))
     unknown = sorted(documented - contract_names())
     assert not unknown, f"docs/tracking.md names {unknown}, which analysis/contract.py does not define"
 

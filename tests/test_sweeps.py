@@ -159,7 +159,7 @@ def test_bad_input_is_one_line_and_starts_nothing(store: LocalStore, args: list[
     output = invoke(store, *args, expect=2)
     error_lines = [line for line in output.splitlines() if line.startswith("Error:")]
     assert len(error_lines) == 1 and message in error_lines[0], output
-    assert not training_runs(store) and not Path("optuna.journal").exists()
+    assert not training_runs(store) and not Path(".ncflow/optuna.journal").exists()
 
 
 def test_storage_urls_and_objective_value():
@@ -193,7 +193,7 @@ def test_a_finished_run_logged_with_seed_1_0_is_the_points_done_run(store: Local
 def test_two_workers_train_each_point_once_and_a_rerun_trains_nothing(store: LocalStore):
     args = ("depth", "--workers", "2", "--seeds", "0", "--dataset", "synthetic", "--set", FAST)
     output = invoke(store, *args)
-    assert "4 points: 4 done" in output and Path("optuna.journal").exists()  # the default storage
+    assert "4 points: 4 done" in output and Path(".ncflow/optuna.journal").exists() and not list(Path().glob("*.lock"))  # the default storage
     assert_exactly_once(store, "depth", 4)
     study = optuna.load_study(study_name="ncflow-depth", storage=open_storage(storage_url(None)))
     trials = study.get_trials()

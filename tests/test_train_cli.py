@@ -1,5 +1,6 @@
 """The real `ncflow train` CLI on `digits` into a temporary sqlite store: what lands in MLflow."""
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -53,14 +54,64 @@ def test_train_cli_logs_everything(store, tmp_path: Path):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"history.csv", "config.json", "checkpoints", "figures"} <= artifacts
     checkpoints = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
-    assert checkpoints == {"checkpoints/phase1_end.pt", "checkpoints/collapse.pt", "checkpoints/last.pt"}
+    assert checkpoints == {"checkpoints/phase1_end.pt", "checkpoints/last.pt"}  # --checkpoints phase, the default
     assert [a.path for a in client.list_artifacts(run.info.run_id, "figures")] == ["figures/dynamics.png"]
     history = pd.read_csv(client.download_artifacts(run.info.run_id, "history.csv", str(tmp_path)))
     assert list(history["epoch"]) == [1, 2, 3, 4, 5, 6]
     for key in EPOCH_KEYS - {"time/epoch_s"}:
         logged = [m.value for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
         assert list(history[key]) == pytest.approx(logged, rel=1e-12, nan_ok=True), key
-    assert "run " in result.output and "collapsed" in result.output
+    # The end of the run says where it is, and the description summarises it with the figure inlined.
+    run_id, experiment_id = run.info.run_id, run.info.experiment_id
+    lines = result.output.strip().splitlines()[-6:]
+    assert lines[0] == f"run {run_id}: collapsed, T_NC={int(t_nc)}, fn*={metrics['collapse/fn_star']:.4f}"
+    assert lines[1].split() == ["name", "mlp2-relu-w64-wd2e-04-digits-s0"]
+    assert lines[2].split() == ["experiment", "ncflow", "(id", f"{experiment_id})"]
+    assert lines[3].split() == ["store", store]
+    assert lines[4].split() == ["figure", f"{run.info.artifact_uri}/figures/dynamics.png"]
+    assert lines[5].split() == ["see", "it", "mlflow", "ui", "--backend-store-uri", store, "then",
+                                f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}"]
+    note = tags["mlflow.note.content"]
+    assert note.startswith(f"**collapsed** at **T_NC = {int(t_nc)}**, **fn\\* = {metrics['collapse/fn_star']:.4f}**")
+    assert "(collapse: NC1 < ε = 0.9)" in note and "Phase 1 (cross-entropy) epochs 1–3, Phase 2" in note
+    assert f"![dynamics](get-artifact?path=figures%2Fdynamics.png&run_uuid={run_id})" in note
+    # The UI's views: log10 NC1 and fn, and the 0/1 series that steps to 1 at T_NC.
+    nc1 = {m.step: m.value for m in client.get_metric_history(run_id, "nc/nc1")}
+    log_nc1 = {m.step: m.value for m in client.get_metric_history(run_id, "NC/NC1_log10")}
+    assert log_nc1 == pytest.approx({step: math.log10(value) for step, value in nc1.items()})
+    under = {m.step: m.value for m in client.get_metric_history(run_id, "NC/under_eps")}
+    assert under == {step: float(value < 0.9) for step, value in nc1.items()} and under[int(t_nc)] == 1.0
+    assert "NC/NC1_log10" not in history.columns
+
+
+@pytest.mark.parametrize("choice, kept", [
+    ("all", {"phase1_end", "collapse", "last"}), ("last", {"last"}), ("none", set()),
+])
+def test_checkpoints_option_chooses_what_mlflow_keeps(store, choice, kept):
+    result = CliRunner().invoke(main, ["train", "--quiet", "--lr", "0.01", "--nc1-threshold", "0.9", *TINY,
+                                       "--checkpoints", choice])
+    assert result.exit_code == 0, result.output
+    client, run = only_run(store)
+    assert run.data.tags["ncflow.status"] == "collapsed" and run.data.params["checkpoints"] == choice
+    listed = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
+    assert listed == {f"checkpoints/{name}.pt" for name in kept}
+
+
+def test_boolean_fields_are_flags_and_the_mlproject_form_takes_a_value(store):
+    from ncflow.cli_options import merge_value_forms
+
+    assert merge_value_forms({"nesterov": None, "nesterov_value": "true"}) == {"nesterov": "true"}
+    assert merge_value_forms({"nesterov": "false", "nesterov_value": "true"}) == {"nesterov": "false"}
+    result = CliRunner().invoke(main, ["train", "--quiet", *TINY, "--optimizer", "sgd", "--nesterov"])
+    assert result.exit_code == 0, result.output
+    assert only_run(store)[1].data.params["nesterov"] == "true"
+    help_text = CliRunner().invoke(main, ["train", "--help"]).output
+    assert "--nesterov / --no-nesterov" in help_text and "--nesterov-value" not in help_text
+    assert "--depth INTEGER" in help_text and "--activation [relu|gelu|tanh]" in help_text
+    assert "--lr FLOAT" in help_text and "VALUE" not in help_text
+    sections = [line for line in help_text.splitlines() if line.endswith("options:")]
+    assert sections == ["Start options:", "Model options:", "Optimisation options:", "Protocol options:",
+                        "Collapse options:", "Data options:", "Tracking options:", "Other options:"]
 
 
 @pytest.mark.parametrize(
