@@ -25,6 +25,7 @@ TAG_TRIAL = "ncflow.trial"  # a sweep child's `<optuna study>#<trial number>`
 TAG_GIT_COMMIT = "ncflow.git_commit"
 TAG_VERSION = "ncflow.version"
 TAG_HEARTBEAT = "ncflow.heartbeat"  # `<unix seconds> <host> <pid>`, refreshed every ~30 s while the run trains
+TAG_CARRIED_FROM = "ncflow.carried_from"  # a run imported by tools/carry_runs.py: the original run's id
 TAG_ANALYSIS_RUNS = "ncflow.analysis.runs"  # an analysis run: how many training runs the report read
 TAG_PARENT_RUN = "mlflow.parentRunId"  # MLflow's own: a sweep child's parent run
 TAG_RUN_NAME = "mlflow.runName"  # MLflow's own

@@ -24,6 +24,19 @@ class InputError(click.ClickException):
     exit_code = 2
 
 
+TRAINING_STACK = ("torch", "torchvision", "optuna", "sklearn", "mlxtend")  # the `train` extra's modules
+
+
+def require_training_stack(command: str) -> None:
+    """`ncflow COMMAND` trains: without the `train` extra, say in one line what to install (exit 2)."""
+    import importlib.util
+
+    missing = [name for name in TRAINING_STACK if importlib.util.find_spec(name) is None]
+    if missing:
+        raise InputError(f"ncflow {command} needs the training stack ({', '.join(missing)} missing): "
+                         "pip install 'ncflow[train]' (from a checkout: pip install -e '.[train]')")
+
+
 # What may accompany --resume: where the run is, how to show progress. Training options come from the run.
 RESUME_OPTIONS = ("tracking_uri",)
 
@@ -76,6 +89,7 @@ def train(
       ncflow train --preset paper-mnist-mlp --dataset mnist-5k --seed 1
       ncflow train --resume RUN_ID
     """
+    require_training_stack("train")
     from ncflow import tracking
     from ncflow import train as training  # torch loads only when training
 
@@ -111,6 +125,7 @@ def train(
 @click.option("--record-dir", default=None, metavar="DIR", help="Where local run records are [default: NCFLOW_RECORD_DIR, else .ncflow/runs].")
 def runs(stale: bool, tracking_uri: str | None, record_dir: str | None) -> None:
     """Runs needing care: `ncflow runs --stale` lists runs killed by SIGKILL or OOM (no heartbeat for 90 s)."""
+    require_training_stack("runs")
     from ncflow import run_care, tracking
     from ncflow.run_record import record_root
 
@@ -134,6 +149,7 @@ def runs(stale: bool, tracking_uri: str | None, record_dir: str | None) -> None:
 @click.option("--record-dir", default=None, metavar="DIR", help="Where local run records are [default: NCFLOW_RECORD_DIR, else .ncflow/runs].")
 def sync(tracking_uri: str | None, record_dir: str | None) -> None:
     """Send MLflow what runs recorded locally while the server was down (their processes have ended)."""
+    require_training_stack("sync")
     from ncflow import run_care
     from ncflow.run_record import record_root
 
@@ -175,6 +191,7 @@ def sweep(
     quiet: bool,
 ) -> None:
     """Run the named sweep NAME (depth, activation, weight-decay, width, grid, intervention, protocol) exactly once per point."""
+    require_training_stack("sweep")
     from analysis.mlflow_env import resolve_tracking_uri
     from ncflow import sweeps
     from ncflow.sweep_grids import lookup_sweep, parse_seeds, parse_settings, resolve_points, with_seeds
@@ -199,6 +216,10 @@ def sweep(
         return
     states = sweeps.run_sweep(run, points)
     click.echo(f"sweep {definition.name}: " + counts_line(states))
+    from ncflow.run_summary import sweep_end_message
+
+    for line in sweep_end_message(uri, overrides["experiment"], definition.name):
+        click.echo(line)
     unfinished = [s for s in states if s.status != DONE]
     if unfinished:
         raise click.ClickException(f"{len(unfinished)} point(s) not done; run the same command again to retry them")
@@ -224,6 +245,7 @@ def reproduce(
     Resumable: run the same command again after any interruption; finished points are reused.
     Example: ncflow reproduce --dataset mnist-5k --dry-run
     """
+    require_training_stack("reproduce")
     from pathlib import Path
 
     from ncflow import reproduce as program, sweeps, tracking

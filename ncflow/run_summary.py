@@ -108,3 +108,36 @@ def end_message(place: RunPlace, status: str, t_nc: int | None, fn_star: float |
         f"  figure      {place.artifact_uri.rstrip('/')}/{contract.DYNAMICS_FIGURE}",
         f"  see it      {see_it(place)}",
     ]
+
+
+def sweep_end_message(tracking_uri: str, experiment: str, name: str) -> Sequence[str]:
+    """Where a sweep's results are: its parent run (the `mlflow run` run, else the latest `sweep-NAME`) and the
+    summary CSV artifact; nothing when the store cannot say (the sweep's own output already gave the counts)."""
+    from mlflow.tracking import MlflowClient
+
+    from analysis.mlflow_env import adopted_run_id
+
+    try:
+        client = MlflowClient(tracking_uri=tracking_uri)
+        adopted = adopted_run_id()
+        if adopted:
+            parent = client.get_run(adopted)
+        else:
+            found = client.get_experiment_by_name(experiment)
+            runs = [] if found is None else client.search_runs(
+                [found.experiment_id], order_by=["attributes.start_time DESC"], max_results=1,
+                filter_string=f"tags.`{contract.TAG_KIND}` = '{contract.KIND_SWEEP}' and "
+                              f"tags.`{contract.TAG_SWEEP}` = '{name}'")
+            if not runs:
+                return []
+            parent = runs[0]
+    except Exception:  # the store went away at the very end: the counts above still stand
+        return []
+    place = RunPlace(parent.info.run_id, parent.info.run_name or "", experiment, parent.info.experiment_id,
+                     tracking_uri, parent.info.artifact_uri)
+    return [
+        f"  parent run  {place.run_id} ({place.run_name}), experiment {experiment}",
+        f"  summary     {place.artifact_uri.rstrip('/')}/{contract.SWEEP_SUMMARY_FILE}",
+        f"  see it      {see_it(place)}",
+        "  tables      ncflow-analysis report --sweep " + name + (f" --tracking-uri {tracking_uri}"),
+    ]

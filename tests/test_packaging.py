@@ -29,9 +29,13 @@ def test_train_entry_points_take_every_field_and_their_defaults_are_the_presets(
         assert all(f"{{{name}}}" in command for name in expected)
 
 
-def test_conda_env_lists_the_project_dependencies():
-    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+def test_conda_env_and_python_env_hold_the_training_stack():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    dependencies = [*project["dependencies"], *project["optional-dependencies"]["train"]]
     conda = yaml.safe_load((ROOT / "conda.yaml").read_text())
     pip_section = next(item for item in conda["dependencies"] if isinstance(item, dict))
     assert pip_section["pip"] == dependencies
+    assert yaml.safe_load((ROOT / "python_env.yaml").read_text())["dependencies"] == dependencies
+    assert not any(dep.startswith(("torch", "optuna")) for dep in project["dependencies"])  # a small first install
+    assert "ncflow[train]" in project["optional-dependencies"]["test"]
     assert "python=3.11" in conda["dependencies"]

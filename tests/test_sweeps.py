@@ -193,7 +193,15 @@ def test_a_finished_run_logged_with_seed_1_0_is_the_points_done_run(store: Local
 def test_two_workers_train_each_point_once_and_a_rerun_trains_nothing(store: LocalStore):
     args = ("depth", "--workers", "2", "--seeds", "0", "--dataset", "synthetic", "--set", FAST)
     output = invoke(store, *args)
-    assert "4 points: 4 done" in output and Path(".ncflow/optuna.journal").exists() and not list(Path().glob("*.lock"))  # the default storage
+    assert "4 points: 4 done" in output
+    # The default storage and its locks live under the git-ignored .ncflow/, not in the working tree.
+    assert Path(".ncflow/optuna.journal").exists() and not list(Path().glob("*.lock")) and not Path("optuna.journal").exists()
+    assert list(Path(".ncflow").glob("optuna.journal.*.lock"))
+    # The end says where the results are: the parent run and its summary CSV.
+    (parent,) = store.client.search_runs([store.client.get_experiment_by_name("ncflow").experiment_id],
+                                         filter_string="tags.`ncflow.kind` = 'sweep'")
+    assert f"  parent run  {parent.info.run_id} (sweep-depth), experiment ncflow" in output
+    assert f"  summary     {parent.info.artifact_uri}/sweep_summary.csv" in output
     assert_exactly_once(store, "depth", 4)
     study = optuna.load_study(study_name="ncflow-depth", storage=open_storage(storage_url(None)))
     trials = study.get_trials()

@@ -1,0 +1,53 @@
+"""tools/carry_runs.py: finished runs exported from one store and imported into another read back the same."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from analysis import contract, store, tables
+from tests import mlflow_fixtures as fx
+
+ROOT = Path(__file__).resolve().parent.parent
+NC1, FN = [0.9, 0.2, 0.008, 0.004], [16.2, 3.0, 1.1, 1.0]  # T_NC = 3, fn* = 1.1 at ε = 0.01
+
+
+def carry(*args: str) -> str:
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "carry_runs.py"), *args], capture_output=True,
+                            text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_exported_runs_import_with_their_params_tags_metrics_and_history(tmp_path, mlflow_template_db):
+    source = fx.local_store(tmp_path / "source", mlflow_template_db)
+    eid = source.experiment()
+    for depth in (5, 7):
+        for seed in (0, 1):
+            fx.log_fake_training_run(source.client, eid, depth=depth, seed=seed, nc1_curve=NC1, fn_curve=FN,
+                                     phase1_epochs=2, sweep="depth", fn_ref=2.0)
+    fx.log_fake_training_run(source.client, eid, depth=3, seed=0, nc1_curve=NC1, fn_curve=FN, status="running")
+    assert carry("export", "--tracking-uri", source.uri, "--out", str(tmp_path / "runs")) == \
+        f"exported 4 runs to {tmp_path / 'runs'}\n"  # the running run is not carried
+    target = fx.local_store(tmp_path / "target", mlflow_template_db)
+    assert carry("import", "--tracking-uri", target.uri, "--from", str(tmp_path / "runs")).startswith("imported 4 runs")
+    assert carry("import", "--tracking-uri", target.uri, "--from", str(tmp_path / "runs")).startswith("imported 0 runs")
+
+    before = store.load_runs(source.uri, status="FINISHED").sort_values("run_name").reset_index(drop=True)
+    after = store.load_runs(target.uri).sort_values("run_name").reset_index(drop=True)
+    assert list(after["run_name"]) == list(before["run_name"])
+    assert set(after["experiment"]) == {"ncflow"} and set(after["mlflow_status"]) == {"FINISHED"}
+    same = ["status", "condition", "sweep", "depth", "seed", "weight_decay", contract.T_NC, contract.FN_STAR,
+            contract.T_CROSS, contract.NC1, contract.FN, "start_time", "end_time"]
+    pd.testing.assert_frame_equal(after[same], before[same])
+    originals = {run.info.run_name: run.info.run_id for run in source.client.search_runs([eid])}
+    for run in target.client.search_runs([target.client.get_experiment_by_name("ncflow").experiment_id]):
+        assert run.data.tags[contract.TAG_CARRIED_FROM] == originals[run.info.run_name]
+        assert [m.step for m in target.client.get_metric_history(run.info.run_id, contract.NC1)] == [1, 2, 3, 4]
+    histories = [store.load_histories(frame, uri, cache_dir=tmp_path / f"cache-{name}")
+                 for frame, uri, name in ((before, source.uri, "s"), (after, target.uri, "t"))]
+    assert tables.build_tables(after, histories[1])["table2_depth"].to_markdown() == \
+        tables.build_tables(before, histories[0])["table2_depth"].to_markdown()
