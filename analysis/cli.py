@@ -147,8 +147,11 @@ def figures(source: Source, out: Path, formats: tuple[str, ...]) -> None:
 @click.option("--force", is_flag=True, help=f"Rebuild everything even when OUT/{MANIFEST} says it is up to date.")
 @click.option("--log", "log_run", is_flag=True,
               help=f"Record the report as an MLflow run ({contract.TAG_KIND}={contract.KIND_ANALYSIS}).")
+@click.option("--compare", type=click.Choice(["paper", "none"]), default="none", show_default=True,
+              help="paper: the paper's published values beside ncflow's in every reproduced table, and a claims "
+                   "table (each finding tested on these runs: holds / does not hold / not enough runs).")
 def report(source: Source, out: Path, formats: tuple[str, ...], figure_formats: tuple[str, ...], force: bool,
-           log_run: bool) -> None:
+           log_run: bool, compare: str) -> None:
     """Write every table and figure to OUT, with OUT/report.md linking them.
 
     \b
@@ -159,7 +162,7 @@ def report(source: Source, out: Path, formats: tuple[str, ...], figure_formats: 
     --force rebuilds regardless.
     """
     with clean_errors():
-        outcome = reporting.build_report(source, out, formats, figure_formats, force)
+        outcome = reporting.build_report(source, out, formats, figure_formats, force, compare == "paper")
         click.echo(outcome.describe())
         if log_run:
             run_id = reporting.log_report(source, out, outcome.n_runs)

@@ -119,8 +119,10 @@ def _files_line(paths: Sequence[Path], out_dir: Path) -> str:
     return "Files: " + " · ".join(f"[{p.suffix[1:]}]({_link(p, out_dir)})" for p in paths)
 
 
-def report_markdown(source: Source, runs: pd.DataFrame, tables: Written, figures: list[Path], out_dir: Path) -> str:
-    """report.md: where the runs came from, every table (inlined, with its files) and every figure."""
+def report_markdown(source: Source, runs: pd.DataFrame, tables: Written, figures: list[Path], out_dir: Path,
+                    compared: Written | None = None) -> str:
+    """report.md: where the runs came from, the claims and side-by-side tables when compared with the paper,
+    every table (inlined, with its files), every figure, and what could not be written."""
     counts = runs["status"].fillna("untagged").value_counts().sort_index()
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -128,15 +130,15 @@ def report_markdown(source: Source, runs: pd.DataFrame, tables: Written, figures
         f"Source: {source.describe()} — {len(runs)} runs "
         f"({', '.join(f'{n} {status}' for status, n in counts.items())}) read from {experiments_read(runs)}. "
         f"Generated {stamp} with MLflow {mlflow.__version__}.", "",
-        "## Tables", "",
     ]
+    if compared:
+        lines += ["## Beside the paper", "",
+                  "The paper's published values (`analysis/paper.py`) next to these runs; Δ = ncflow − paper.", ""]
+        lines += _table_sections(compared, out_dir)
+    lines += ["## Tables", ""]
     if not tables:
         lines += ["No table has runs in this selection.", ""]
-    for stem, (table, paths) in tables.items():
-        markdown = next((p for p in paths if p.suffix == ".md"), None)
-        lines += [f"### {stem}", ""]
-        lines += [markdown.read_text(encoding="utf-8").rstrip(), ""] if markdown else [f"**{table.title}**", ""]
-        lines += [_files_line(paths, out_dir), ""]
+    lines += _table_sections(tables, out_dir)
     lines += ["## Figures", ""]
     if not figures:
         lines += ["No figure has runs in this selection.", ""]
@@ -149,6 +151,16 @@ def report_markdown(source: Source, runs: pd.DataFrame, tables: Written, figures
         lines += [_files_line(paths, out_dir), ""]
     lines += not_written_lines(tables, figures)
     return "\n".join(lines)
+
+
+def _table_sections(tables: Written, out_dir: Path) -> list[str]:
+    lines: list[str] = []
+    for stem, (table, paths) in tables.items():
+        markdown = next((p for p in paths if p.suffix == ".md"), None)
+        lines += [f"### {stem}", ""]
+        lines += [markdown.read_text(encoding="utf-8").rstrip(), ""] if markdown else [f"**{table.title}**", ""]
+        lines += [_files_line(paths, out_dir), ""]
+    return lines
 
 
 def not_written(tables: Written, figures: Sequence[Path]) -> list[catalogue.Output]:
@@ -166,13 +178,23 @@ def not_written_lines(tables: Written, figures: Sequence[Path]) -> list[str]:
     return lines + [""]
 
 
+def write_comparisons(estimates: "Estimates", out_dir: Path, formats: Sequence[str]) -> Written:
+    """The side-by-side tables and the claims table (`analysis.compare`) under out_dir."""
+    from analysis.compare import comparison_tables
+
+    return {stem: (table, table.write(out_dir, stem, formats)) for stem, table in comparison_tables(estimates).items()}
+
+
 def write_report(source: Source, runs: pd.DataFrame, out_dir: Path, table_formats: Sequence[str],
-                 figure_formats: Sequence[str]) -> tuple[Written, list[Path]]:
-    """Histories, then every table and figure (from one set of estimates), then report.md, under out_dir."""
+                 figure_formats: Sequence[str], compare: bool = False) -> tuple[Written, list[Path]]:
+    """Histories, then every table and figure (from one set of estimates), then report.md, under out_dir.
+    With `compare`, also the paper's values beside ours and the claims table (returned among the tables)."""
     estimates = estimates_of(runs, read_histories(source, runs))
     written = write_tables(estimates, out_dir / "tables", table_formats)
+    compared = write_comparisons(estimates, out_dir / "tables", table_formats) if compare else {}
     figure_paths = write_figures(estimates, out_dir / "figures", figure_formats)
-    markdown = report_markdown(source, runs, written, figure_paths, out_dir)
+    markdown = report_markdown(source, runs, written, figure_paths, out_dir, compared)
+    written = {**written, **compared}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / REPORT_FILE).write_text(markdown, encoding="utf-8")
     return written, figure_paths
@@ -201,17 +223,18 @@ class Outcome:
 
 
 def build_report(source: Source, out_dir: Path, table_formats: Sequence[str], figure_formats: Sequence[str],
-                 force: bool = False) -> Outcome:
-    """The report under out_dir, rebuilt unless its manifest matches the store (reads only the run list then)."""
+                 force: bool = False, compare: bool = False) -> Outcome:
+    """The report under out_dir, rebuilt unless its manifest matches the store (reads only the run list then).
+    `compare`: add the paper's values beside ours and the claims table (`--compare paper`)."""
     runs = read_runs(source)
-    key = report_key(source, runs, table_formats, figure_formats)
+    key = report_key(source, runs, table_formats, figure_formats, compare)
     manifest = None if force else reusable(out_dir, key)
     report_path = out_dir / REPORT_FILE
     if manifest is not None:
         return Outcome(report_path, len(runs), manifest["tables"], manifest["figure_files"], reused=True,
                        experiments=experiments_read(runs), n_not_written=manifest.get("not_written", 0))
     (out_dir / MANIFEST).unlink(missing_ok=True)  # a rebuild that fails half-way leaves no manifest behind
-    written, figure_paths = write_report(source, runs, out_dir, table_formats, figure_formats)
+    written, figure_paths = write_report(source, runs, out_dir, table_formats, figure_formats, compare)
     absent = len(not_written(written, figure_paths))
     if key is not None:
         table_paths = [path for _, paths in written.values() for path in paths]
@@ -259,7 +282,7 @@ def analysis_version() -> str:
 
 
 def report_key(source: Source, runs: pd.DataFrame, table_formats: Sequence[str],
-               figure_formats: Sequence[str]) -> str | None:
+               figure_formats: Sequence[str], compare: bool = False) -> str | None:
     """The digest of everything a report is a function of, or None when a run may still change.
 
     Run ids and end times (a run's history is fixed once it has ended, as in the history cache), the whole runs
@@ -273,7 +296,7 @@ def report_key(source: Source, runs: pd.DataFrame, table_formats: Sequence[str],
         "manifest": MANIFEST_VERSION, "analysis": analysis_version(),
         "libraries": {name: _version(name) for name in LIBRARIES},
         "source": [source.uri, source.experiment, source.sweep],
-        "tables": list(table_formats), "figures": list(figure_formats),
+        "tables": list(table_formats), "figures": list(figure_formats), "compare": compare,
         "runs": [[str(run_id), int(end)] for run_id, end in zip(runs["run_id"], runs["end_time"])],
         "frame": hashlib.sha256(runs.to_json(orient="split", double_precision=15,
                                              default_handler=str).encode()).hexdigest(),

@@ -277,8 +277,9 @@ def reproduce(
             click.echo(f"skipped {item.point.label()} seed {item.point.seed} ({','.join(item.sweeps)}): {item.skipped}")
     from analysis.report import Source, build_report
 
-    outcome = build_report(Source(uri, overrides["experiment"], None, None, not quiet), Path(out), ("md", "csv", "tex"), ("png",))
-    click.echo(str(outcome))
+    outcome = build_report(Source(uri, overrides["experiment"], None, None, not quiet), Path(out), ("md", "csv", "tex"),
+                           ("png",), compare=True)
+    click.echo(outcome.describe())
 
 
 if __name__ == "__main__":
