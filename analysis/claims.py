@@ -31,21 +31,25 @@ class Claim:
 
 
 def pair_fn_stars(runs: pd.DataFrame) -> dict[tuple[str, str], stats.Summary]:
-    """fn* of the collapsed ReLU two-phase runs (no intervention) pooled per (model label, data set) pair, over
-    every condition of the pair, as the paper's Table 6 pools them."""
+    """fn* of the collapsed ReLU two-phase runs (no intervention) pooled per (model, data set) pair over every
+    condition of the pair, as the paper's Table 6 pools them; an MLP pair is the MLP at its most-run depth (MLP-5 in
+    the paper's program; its depth sweep's shallow nets use ε = 0.05 and are not Table 6's pair)."""
     used = select(runs).used
     used = used[(column(used, "activation") == "relu") & ~is_intervention(used)
                 & column(used, "protocol").isin(["two-phase"]) & column(used, contract.T_NC).notna()]
     if used.empty:
         return {}
     used = used.assign(cell_arch=used.apply(arch_label, axis=1))
+    modal = used.groupby(["arch", "dataset"])["cell_arch"].agg(lambda labels: labels.value_counts().index[0])
+    used = used[[(label, data) in set(zip(modal, modal.index.get_level_values("dataset")))
+                 for label, data in zip(used["cell_arch"], used["dataset"])]]
     return {(str(label), str(data)): stats.describe(group[contract.FN_STAR])
             for (label, data), group in used.groupby(["cell_arch", "dataset"], sort=True)}
 
 
 def claim_pair_concentration(estimates: Estimates) -> Claim:
     claim = "fn* concentrates within a (model, data) pair"
-    test = f"CV of fn* < 8 % in every pair with ≥ {MIN_SEEDS} collapsed ReLU runs (pooled over its conditions)"
+    test = f"CV of fn* < 8 % in every (model, data) pair with ≥ {MIN_SEEDS} collapsed ReLU runs, pooled over its conditions"
     published = ", ".join(f"{arch}/{data} {cell.cv:.1%}" for (arch, data), cell in paper.TABLE6.items())
     cells = [(pair, summary) for pair, summary in pair_fn_stars(estimates.runs).items() if summary.n >= MIN_SEEDS]
     if not cells:
@@ -66,34 +70,34 @@ def claim_weight_decay_frozen(estimates: Estimates) -> Claim:
     return Claim(claim, test, published, ours, HOLDS if r["n_collapsed"] == 0 else FAILS)
 
 
-def _condition_means(estimates: Estimates, param: str) -> pd.DataFrame:
+def _t_nc_steps(estimates: Estimates, param: str, joiner: str) -> tuple[str, np.ndarray] | None:
+    """Mean T_NC per value of `param` (conditions with a collapse, in order) as text, and its successive changes;
+    None with fewer than 3 such values."""
     numbers = estimates.family(param).numbers
-    if numbers.empty:
-        return numbers
-    return numbers[numbers["T_NC_n"] >= 1].sort_values(param)
+    means = numbers[numbers["T_NC_n"] >= 1].sort_values(param) if len(numbers) else numbers
+    if len(means) < 3:
+        return None
+    text = joiner.join(f"{value:g}: {t:.0f}" for value, t in zip(means[param], means["T_NC_mean"]))
+    return text, np.diff(means["T_NC_mean"].to_numpy())
 
 
 def claim_width_monotone(estimates: Estimates) -> Claim:
     claim, test = "width shortens T_NC monotonically", "mean T_NC strictly decreases with width (≥ 3 widths)"
     published = " → ".join(f"{w}: {c.t_nc[0]:.0f}" for w, c in paper.TABLE7.items())
-    means = _condition_means(estimates, "width")
-    if len(means) < 3:
-        return Claim(claim, test, published, f"{len(means)} width(s) with a collapse", TOO_FEW)
-    values = means["T_NC_mean"].to_numpy()
-    ours = " → ".join(f"{w:g}: {t:.0f}" for w, t in zip(means["width"], values))
-    return Claim(claim, test, published, ours, HOLDS if np.all(np.diff(values) < 0) else FAILS)
+    found = _t_nc_steps(estimates, "width", " → ")
+    if found is None:
+        return Claim(claim, test, published, "fewer than 3 widths with a collapse", TOO_FEW)
+    return Claim(claim, test, published, found[0], HOLDS if np.all(found[1] < 0) else FAILS)
 
 
 def claim_depth_non_monotone(estimates: Estimates) -> Claim:
     claim, test = "depth's effect on T_NC is non-monotonic", "mean T_NC neither rises nor falls monotonically with depth (≥ 3 depths)"
     published = ", ".join(f"{d}: {c.t_nc[0]:.0f}" for d, c in paper.TABLE2.items())
-    means = _condition_means(estimates, "depth")
-    if len(means) < 3:
-        return Claim(claim, test, published, f"{len(means)} depth(s) with a collapse", TOO_FEW)
-    steps = np.diff(means["T_NC_mean"].to_numpy())
-    ours = ", ".join(f"{d:g}: {t:.0f}" for d, t in zip(means["depth"], means["T_NC_mean"]))
-    monotone = np.all(steps >= 0) or np.all(steps <= 0)
-    return Claim(claim, test, published, ours, FAILS if monotone else HOLDS)
+    found = _t_nc_steps(estimates, "depth", ", ")
+    if found is None:
+        return Claim(claim, test, published, "fewer than 3 depths with a collapse", TOO_FEW)
+    monotone = np.all(found[1] >= 0) or np.all(found[1] <= 0)
+    return Claim(claim, test, published, found[0], FAILS if monotone else HOLDS)
 
 
 def claim_intervention_same_fn_star(estimates: Estimates) -> Claim:

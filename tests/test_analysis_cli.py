@@ -104,15 +104,15 @@ def test_runs_command_lists_name_status_t_nc_and_fn_star(server):
     lines = result.output.splitlines()
     row = next(line for line in lines if line.startswith("mlp2-relu-w512-wd1e-04-mnist-s1")).split()
     assert row == ["mlp2-relu-w512-wd1e-04-mnist-s1", "depth", "collapsed", "6", "1.300", "0.0050"]
-    assert lines[-1] == "6 runs: 6 collapsed"
+    assert lines[-1] == "6 runs: 6 collapsed (read from experiment 'ncflow' (6 runs))"
 
 
 @pytest.mark.slow
 def test_errors_are_one_line_and_say_what_was_searched(server, monkeypatch):
     result = invoke("runs", "--tracking-uri", server["uri"], "--sweep", "width")
     assert result.exit_code == 1
-    searched = f"experiment {c.DEFAULT_EXPERIMENT!r}, sweep 'width' at {server['uri']}"
-    assert result.output == f"Error: no runs found in {searched}\n"
+    searched = f"every experiment, sweep 'width' at {server['uri']}"
+    assert result.output == f"Error: no ncflow training runs found in {searched}\n"
 
     result = invoke("runs", "--tracking-uri", server["uri"], "--experiment", "nope")
     assert result.output == f"Error: no experiment named 'nope' in the tracking store at {server['uri']}\n"

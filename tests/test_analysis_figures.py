@@ -15,7 +15,7 @@ from matplotlib.layout_engine import ConstrainedLayoutEngine
 from mlflow.tracking import MlflowClient
 
 from analysis import aggregate, dynamics, figures, plots, selection, stats, store
-from analysis.contract import DEFAULT_EXPERIMENT, FN, FN_STAR, NC1
+from analysis.contract import DEFAULT_EXPERIMENT, FN, FN_STAR, NC1, TRAIN_ACC
 from analysis.stats import RegressionResult, Summary
 from tests import mlflow_fixtures as fx
 
@@ -200,3 +200,29 @@ def test_plot_power_law_and_lead_time_draw_given_estimates():
     np.testing.assert_array_equal(lines["T_NC = T_cross"].get_ydata(), [90.0, 175.0])
     np.testing.assert_array_equal(lines["T_cross + 50"].get_ydata(), [140.0, 225.0])
     assert plots.plot_lead_time(pd.DataFrame(), 50).get_lines() == []  # no crossings: an empty panel
+
+
+def test_summary_figure_draws_only_the_panels_it_has_and_dnf_panels_say_so(logged):
+    from analysis.aggregate import Estimates
+    from analysis.figures import figure_summary
+    from analysis.plots import plot_sweep
+
+    figure = figure_summary(Estimates(logged["runs"], logged["histories"]))
+    panels = figure.get_axes()
+    assert len(panels) == 2  # depth and weight decay: no empty activation or grid panels on a wide canvas
+    assert figure.get_size_inches()[0] == pytest.approx(2 * 4.2)
+    dnf = pd.DataFrame({"weight_decay": [5e-4], "T_NC_mean": [np.nan], "T_NC_std": [np.nan], "n_collapsed": [0]})
+    ax = plot_sweep(dnf, "weight_decay", "T_NC", logx=True)
+    assert any("no condition collapsed (DNF)" in text.get_text() for text in ax.texts)
+    assert list(ax.get_yticks()) == []
+
+
+def test_dynamics_fn_panel_is_log_scaled_and_the_switch_dip_is_noted(logged):
+    runs, histories = logged["runs"], logged["histories"]
+    run = runs[runs["run_name"] == "mlp5-relu-w512-wd1e-04-mnist-s0"].iloc[0]
+    wide = selection.wide_history(histories, run["run_id"]).copy()
+    wide.loc[PHASE1 + 1, TRAIN_ACC] = 0.05  # the CE → MSE switch dips far below every other epoch
+    axes = dynamics.plot_dynamics(wide, run)
+    assert axes[3].get_yscale() == "log"
+    low, _ = axes[0].get_ylim()
+    assert low > 0.05 and any("switch dip to 5.0%" in text.get_text() for text in axes[0].texts)
