@@ -110,7 +110,10 @@ def main() -> None:
 @main.command()
 @source_options
 def runs(source: Source) -> None:
-    """Print one line per run: name, status, T_NC, fn*, final NC1."""
+    """Print one line per run: name, status, T_NC, fn*, final NC1.
+
+    Example: ncflow-analysis runs --sweep depth
+    """
     with clean_errors():
         frame = reporting.read_runs(source)
     click.echo(runs_listing(frame))
@@ -121,7 +124,10 @@ def runs(source: Source) -> None:
 @out_option
 @formats_option("--format", "formats", TABLE_FORMATS, "table")
 def tables(source: Source, out: Path, formats: tuple[str, ...]) -> None:
-    """Write every table (Tables 1–8, lead time, other sweeps) to OUT."""
+    """Write every table (Tables 1–8, lead time, other sweeps) to OUT.
+
+    Example: ncflow-analysis tables --out report --format md,tex
+    """
     with clean_errors():
         written = reporting.write_tables(reporting.read_estimates(source), out, formats)
     for _, paths in written.values():
@@ -133,7 +139,10 @@ def tables(source: Source, out: Path, formats: tuple[str, ...]) -> None:
 @out_option
 @formats_option("--format", "formats", FIGURE_FORMATS, "figure")
 def figures(source: Source, out: Path, formats: tuple[str, ...]) -> None:
-    """Write every figure (dynamics, sweep panels, grid, intervention, protocol) to OUT."""
+    """Write every figure (dynamics, sweep panels, grid, intervention, protocol) to OUT.
+
+    Example: ncflow-analysis figures --out report --format png
+    """
     with clean_errors():
         paths = reporting.write_figures(reporting.read_estimates(source), out, formats)
     click.echo("\n".join(str(path) for path in paths))
@@ -152,7 +161,9 @@ def figures(source: Source, out: Path, formats: tuple[str, ...]) -> None:
                    "table (each finding tested on these runs: holds / does not hold / not enough runs).")
 def report(source: Source, out: Path, formats: tuple[str, ...], figure_formats: tuple[str, ...], force: bool,
            log_run: bool, compare: str) -> None:
-    """Write every table and figure to OUT, with OUT/report.md linking them.
+    """Write every table and figure to OUT, with OUT/report.md linking them and listing what it could not write.
+
+    Example: ncflow-analysis report --out report --compare paper
 
     \b
     OUT/.ncflow-report.json records a digest of the inputs (run ids, end times, the runs'

@@ -124,7 +124,10 @@ def train(
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else MLflow's default).")
 @click.option("--record-dir", default=None, metavar="DIR", help="Where local run records are [default: NCFLOW_RECORD_DIR, else .ncflow/runs].")
 def runs(stale: bool, tracking_uri: str | None, record_dir: str | None) -> None:
-    """Runs needing care: `ncflow runs --stale` lists runs killed by SIGKILL or OOM (no heartbeat for 90 s)."""
+    """Runs needing care: `ncflow runs --stale` lists runs killed by SIGKILL or OOM (no heartbeat for 90 s).
+
+    Example: ncflow runs --stale --tracking-uri http://127.0.0.1:5000
+    """
     require_training_stack("runs")
     from ncflow import run_care, tracking
     from ncflow.run_record import record_root
@@ -148,7 +151,10 @@ def runs(stale: bool, tracking_uri: str | None, record_dir: str | None) -> None:
 @click.option("--tracking-uri", default=None, help="Only records of this store (default: every record's own store).")
 @click.option("--record-dir", default=None, metavar="DIR", help="Where local run records are [default: NCFLOW_RECORD_DIR, else .ncflow/runs].")
 def sync(tracking_uri: str | None, record_dir: str | None) -> None:
-    """Send MLflow what runs recorded locally while the server was down (their processes have ended)."""
+    """Send MLflow what runs recorded locally while the server was down (their processes have ended).
+
+    Example: ncflow sync
+    """
     require_training_stack("sync")
     from ncflow import run_care
     from ncflow.run_record import record_root
@@ -190,7 +196,15 @@ def sweep(
     experiment: str | None,
     quiet: bool,
 ) -> None:
-    """Run the named sweep NAME (depth, activation, weight-decay, width, grid, intervention, protocol) exactly once per point."""
+    """Run the named sweep NAME (depth, activation, weight-decay, width, grid, intervention, protocol) exactly once per point.
+
+    At the end it prints the sweep's parent run and its summary CSV.
+
+    \b
+    Examples:
+      ncflow sweep depth --dry-run
+      ncflow sweep depth --dataset mnist-5k --workers 2 --set phase1_epochs=20,phase2_epochs=80
+    """
     require_training_stack("sweep")
     from analysis.mlflow_env import resolve_tracking_uri
     from ncflow import sweeps
@@ -210,7 +224,7 @@ def sweep(
         run = sweeps.SweepRun(definition, overrides, storage_url(storage), uri, overrides["experiment"], workers, not quiet)
         storage_kind(run.storage)
     except ConfigError as error:
-        raise click.UsageError(str(error)) from None
+        raise InputError(str(error)) from None
     if dry_run:
         click.echo(sweeps.dry_run(run, points))
         return

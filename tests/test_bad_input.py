@@ -97,3 +97,14 @@ def test_force_resume_of_a_finished_run_keeps_one_value_per_step(store, run_reco
         assert [m.step for m in client.get_metric_history(finished, key)] == [1, 2, 3], key
     assert client.get_run(finished).info.status == "FINISHED"
     assert torch.load(run_records_in_tmp / finished / "state.pt", weights_only=True)["epoch"] == 3
+
+
+@pytest.mark.parametrize("args, starts", [
+    (["nosuch"], "unknown sweep 'nosuch'; named sweeps: depth"),
+    (["depth", "--seeds", "x"], "--seeds: expected comma-separated integers like 0,1,2, got 'x'"),
+    (["depth", "--set", "activation=swish"], "sweep depth, point"),
+])
+def test_bad_sweep_input_is_one_line_too(store, args, starts):
+    result = CliRunner().invoke(main, ["sweep", *args, "--dry-run"])
+    assert_one_line_error(result.exit_code, result.output, starts)
+    assert run_count(store) == 0
