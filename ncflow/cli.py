@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ncflow.cli_options import TrainCommand, config_options, merge_value_forms, option_name
+from ncflow.cli_options import InputError, TrainCommand, WholeNumber, config_options, merge_value_forms, option_name
 from ncflow.config import PRESETS, ConfigError, build_config
 
 
@@ -16,12 +16,6 @@ from ncflow.config import PRESETS, ConfigError, build_config
 def main() -> None:
     """Neural-collapse dynamics experiments, tracked in MLflow."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one-line output, even on a resume
-
-
-class InputError(click.ClickException):
-    """Bad input: one line `Error: …` and exit code 2, before any work or run starts."""
-
-    exit_code = 2
 
 
 TRAINING_STACK = ("torch", "torchvision", "optuna", "sklearn", "mlxtend")  # the `train` extra's modules
@@ -173,7 +167,7 @@ def sync(tracking_uri: str | None, record_dir: str | None) -> None:
 
 @main.command()
 @click.argument("name", required=False)
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes on this machine (the cores are split between them).")
+@click.option("--workers", type=WholeNumber(), default=1, show_default=True, metavar="INTEGER", help="Worker processes on this machine (the cores are split between them).")
 @click.option("--storage", default=None, metavar="URL|PATH", help="Optuna storage: a journal file (default .ncflow/optuna.journal, git-ignored), sqlite:///FILE, or postgresql://… for many machines.")
 @click.option("--dry-run", is_flag=True, help="List every grid point and whether it is done, running, failed or todo; train nothing.")
 @click.option("--dataset", default=None, help="Data set for every point (e.g. mnist-5k); `none` keeps the sweep's.")
@@ -243,7 +237,7 @@ def sweep(
 @click.option("--sweeps", "sweep_names", default=None, metavar="NAME,…", help="Only these sweeps of the program (default: all).")
 @click.option("--seeds", default=None, metavar="0,1,2", help="Seeds of every sweep (default: each sweep's own).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Pin a RunConfig field for every point (as for ncflow sweep).")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes on this machine.")
+@click.option("--workers", type=WholeNumber(), default=1, show_default=True, metavar="INTEGER", help="Worker processes on this machine.")
 @click.option("--storage", default=None, metavar="URL|PATH", help="Optuna storage (default: the journal file .ncflow/optuna.journal).")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else MLflow's default).")
 @click.option("--experiment", default=None, help="MLflow experiment (default: ncflow).")

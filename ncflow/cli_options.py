@@ -8,6 +8,7 @@ substitute values, passes it as `--nesterov-value true|false` (hidden from the h
 
 from __future__ import annotations
 
+import math
 from dataclasses import fields
 from typing import Any, Callable
 
@@ -114,3 +115,25 @@ class GroupedCommand(click.Command):
 
 class TrainCommand(GroupedCommand):
     option_groups = TRAIN_GROUPS
+
+
+class InputError(click.ClickException):
+    """Bad input: one line `Error: …` and exit code 2, before any work or run starts."""
+
+    exit_code = 2
+
+
+class WholeNumber(click.ParamType):
+    """A positive whole number that also takes MLflow's float form (`-P workers=2` arrives as `2.0`)."""
+
+    name = "integer"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not (number.is_integer() and number >= 1):
+            name = param.name if param is not None else "value"
+            raise InputError(f"{name}: expected a whole number >= 1, got {value!r}")
+        return int(number)

@@ -103,8 +103,16 @@ def test_force_resume_of_a_finished_run_keeps_one_value_per_step(store, run_reco
     (["nosuch"], "unknown sweep 'nosuch'; named sweeps: depth"),
     (["depth", "--seeds", "x"], "--seeds: expected comma-separated integers like 0,1,2, got 'x'"),
     (["depth", "--set", "activation=swish"], "sweep depth, point"),
+    (["depth", "--workers", "0"], "workers: expected a whole number >= 1, got '0'"),
+    (["depth", "--workers", "1.5"], "workers: expected a whole number >= 1, got '1.5'"),
 ])
 def test_bad_sweep_input_is_one_line_too(store, args, starts):
     result = CliRunner().invoke(main, ["sweep", *args, "--dry-run"])
     assert_one_line_error(result.exit_code, result.output, starts)
     assert run_count(store) == 0
+
+
+def test_workers_takes_mlflows_float_form(store):
+    result = CliRunner().invoke(main, ["sweep", "depth", "--workers", "2.0", "--dry-run", "--seeds", "0"])
+    assert result.exit_code == 0, result.output
+    assert "4 points: 0 done, 0 running, 0 failed, 4 todo" in result.output
