@@ -52,12 +52,19 @@ PHASE = "phase"  # 1 (cross-entropy) or 2 (MSE)
 EPOCH_TIME = "time/epoch_s"
 
 NC_PREFIX = "nc/"
-COLLAPSE_METRIC_NAMES = ("nc1", "nc1_pinv", "nc2", "nc2_equinorm", "nc3", "nc4", "fn", "ncc", "flatness")
-NC1, NC1_PINV, NC2, NC2_EQUINORM, NC3, NC4, FN, NCC, FLATNESS = (NC_PREFIX + name for name in COLLAPSE_METRIC_NAMES)
-COLLAPSE_METRICS = (NC1, NC1_PINV, NC2, NC2_EQUINORM, NC3, NC4, FN, NCC, FLATNESS)
+COLLAPSE_METRIC_NAMES = ("nc1", "nc1_pinv", "nc2", "nc2_equinorm", "nc3", "nc4", "fn", "ncc", "flatness",
+                         "angle_mean_deg", "angle_std_deg")
+NC1, NC1_PINV, NC2, NC2_EQUINORM, NC3, NC4, FN, NCC, FLATNESS, ANGLE_MEAN, ANGLE_STD = (
+    NC_PREFIX + name for name in COLLAPSE_METRIC_NAMES)
+COLLAPSE_METRICS = (NC1, NC1_PINV, NC2, NC2_EQUINORM, NC3, NC4, FN, NCC, FLATNESS, ANGLE_MEAN, ANGLE_STD)
+
+# Collapse on the test set: the test features with the test labels (the test set's own class means).
+TEST_COLLAPSE_NAMES = ("nc1", "nc2", "fn", "ncc")
+TEST_NC1, TEST_NC2, TEST_FN, TEST_NCC = ("test/" + name for name in TEST_COLLAPSE_NAMES)
+TEST_COLLAPSE_METRICS = (TEST_NC1, TEST_NC2, TEST_FN, TEST_NCC)
 
 # The per-epoch metrics, in `history.csv` column order (after `epoch`).
-PER_EPOCH_METRICS = (TRAIN_LOSS, TRAIN_ACC, TEST_ACC, *COLLAPSE_METRICS, LR, PHASE, EPOCH_TIME)
+PER_EPOCH_METRICS = (TRAIN_LOSS, TRAIN_ACC, TEST_ACC, *COLLAPSE_METRICS, *TEST_COLLAPSE_METRICS, LR, PHASE, EPOCH_TIME)
 HISTORY_EPOCH = "epoch"
 HISTORY_COLUMNS = (HISTORY_EPOCH, *PER_EPOCH_METRICS)
 

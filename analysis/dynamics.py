@@ -17,7 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from analysis.contract import (
-    COLLAPSE_THRESHOLD, FN, FN_STAR, HISTORY_EPOCH, NC1, NC2, NC3, PHASE, T_NC, TEST_ACC, TRAIN_ACC,
+    COLLAPSE_THRESHOLD, FN, FN_STAR, HISTORY_EPOCH, NC1, NC2, NC3, PHASE, T_NC, TEST_ACC, TEST_NC1, TRAIN_ACC,
 )
 
 PANEL_SIZE = (4.2, 3.2)
@@ -103,7 +103,7 @@ def _clip_switch_dip(ax: Axes, history: pd.DataFrame, switch: float, settle: int
 
 def plot_dynamics(history: pd.DataFrame, run: Run, axes: Sequence[Axes] | None = None) -> np.ndarray:
     """Figure 1 for one run: (a) accuracy (the switch's brief dip may fall below the axis, noted), (b) NC1 on a
-    log axis with the ε line, (c) NC2 and NC3, (d) fn on a log axis with fn*, the CE → MSE switch and T_NC marked.
+    log axis with the ε line (and the test set's NC1 when logged), (c) NC2 and NC3, (d) fn on a log axis with fn*, the CE → MSE switch and T_NC marked.
 
     `history` is wide: one row per epoch (an `epoch` column, as training's per-epoch records, or the epoch
     index of `analysis.selection.histories_by_run`), one column per metric key. `run` holds the run's params
@@ -120,7 +120,11 @@ def plot_dynamics(history: pd.DataFrame, run: Run, axes: Sequence[Axes] | None =
     acc.set(title="(a) Accuracy", xlabel="epoch", ylabel="accuracy")
     _clip_switch_dip(acc, wide, switch)
     series = _series(wide, NC1)
-    nc1.plot(series.index, series.to_numpy(), color="C0", label="NC1", gid=NC1)
+    nc1.plot(series.index, series.to_numpy(), color="C0", label="NC1 (train)", gid=NC1)
+    test_series = _series(wide, TEST_NC1)
+    if len(test_series):  # runs logged before test-set collapse existed have none
+        nc1.plot(test_series.index, test_series.to_numpy(), color="C1", linewidth=1, label="NC1 (test)",
+                 gid=TEST_NC1)
     nc1.set_yscale("log")
     if not math.isnan(eps):
         nc1.axhline(eps, color="k", linestyle=":", linewidth=1, label=f"ε = {eps:g}")

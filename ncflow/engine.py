@@ -224,11 +224,22 @@ def measure_epoch(setup: Setup) -> dict[str, float]:
     except NonFiniteFeaturesError:  # the weights blew up: record NaNs, and the detector calls it divergence
         metrics = dict.fromkeys(METRIC_NAMES, math.nan)
     train_acc = (logits.argmax(dim=1) == data.train_y).double().mean()
-    test_logits, _ = predict_in_chunks(model, data.test_x)
+    test_logits, test_features = predict_in_chunks(model, data.test_x)
     test_acc = (test_logits.argmax(dim=1) == data.test_y).double().mean()
     accuracies = torch.stack([train_acc, test_acc]).tolist()  # one sync for both
     nc = {contract.NC_PREFIX + name: value for name, value in metrics.items()}
-    return {contract.TRAIN_ACC: accuracies[0], contract.TEST_ACC: accuracies[1], **nc}
+    return {contract.TRAIN_ACC: accuracies[0], contract.TEST_ACC: accuracies[1], **nc,
+            **test_collapse(test_features, data.test_y, head, data.num_classes)}
+
+
+def test_collapse(features: torch.Tensor, labels: torch.Tensor, head: torch.nn.Linear, num_classes: int) -> dict[str, float]:
+    """`test/nc1`, `test/nc2`, `test/fn`, `test/ncc`: the collapse metrics of the test features with the test labels
+    (NaN when the test set lacks a class or the features are not finite)."""
+    try:
+        found = collapse_metrics(features, labels, head.weight.detach(), head.bias.detach(), num_classes)
+    except ValueError:  # NonFiniteFeaturesError, or a class with no test sample
+        found = dict.fromkeys(contract.TEST_COLLAPSE_NAMES, math.nan)
+    return {f"test/{name}": found[name] for name in contract.TEST_COLLAPSE_NAMES}
 
 
 def cpu_copy(value: Any) -> Any:
@@ -297,7 +308,8 @@ def run_epochs(setup: Setup, sink: Sink, progress: bool) -> None:
             row = epoch_row(setup, epoch)
             kept = setup.recorded.pop(epoch, None)
             if kept is not None:  # a replayed epoch: its row is already logged
-                row = {contract.HISTORY_EPOCH: float(epoch), **{k: kept[k] for k in contract.PER_EPOCH_METRICS}}
+                # (a row logged before a metric existed keeps the recomputed value of that metric)
+                row = {contract.HISTORY_EPOCH: float(epoch), **{k: kept.get(k, row[k]) for k in contract.PER_EPOCH_METRICS}}
             events = update_detector(setup, row)
             setup.history.append(row)
             if kept is None:

@@ -14,6 +14,8 @@ of all samples, m_c = μ_c − μ_G, W (K×d) and b the classifier:
 - fn           (1/N) Σ_i ‖h_i‖
 - ncc          Σ_{c≠c'} (V_c + V_c') / (2 ‖μ_c − μ_c'‖²),  V_c = (1/n_c) Σ_{i∈c} ‖h_i − μ_c‖²
 - flatness     (1/N) Σ_i ‖h_i‖² (Σ_j p_ij ‖w_j‖² − ‖Σ_j p_ij w_j‖²),  p_i = softmax(W h_i + b)
+- angle_mean_deg, angle_std_deg   mean and population std of the K(K−1)/2 angles ∠(m_i, m_j), i < j, in degrees
+                                  (a simplex ETF: all equal to arccos(−1/(K−1)), std 0)
 
 with Σ_W = (1/N) Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ and Σ_B = (1/K) Σ_c m_c m_cᵀ.
 """
@@ -30,7 +32,8 @@ METRIC_NAMES = COLLAPSE_METRIC_NAMES  # the keys of collapse_metrics; logged as 
 
 _CHUNK_ELEMENTS = 1 << 18  # rows per chunk × d: 2 MiB of float64, so a chunk stays in cache between its steps
 _PINV_RCOND = 1e-15  # Σ_B⁺ keeps eigenvalues above this × the largest: np.linalg.pinv's default, as in Papyan's code
-_UNDEFINED_WITHOUT_SPREAD = frozenset({"nc1", "nc1_pinv", "nc2", "nc2_equinorm", "nc3", "ncc"})  # nan if Tr Σ_B = 0
+_UNDEFINED_WITHOUT_SPREAD = frozenset({"nc1", "nc1_pinv", "nc2", "nc2_equinorm", "nc3", "ncc", "angle_mean_deg",
+                                       "angle_std_deg"})  # nan if Tr Σ_B = 0
 
 
 class NonFiniteFeaturesError(ValueError):
@@ -270,6 +273,7 @@ def _assemble(stats: _ClassStatistics, sums: _Sums, weight: torch.Tensor, num_sa
         "fn": sums.norms / num_samples,
         "ncc": _class_distance_variation(stats.shifted_means, class_variances),
         "flatness": sums.flatness / num_samples,
+        **dict(zip(("angle_mean_deg", "angle_std_deg"), _pair_angles(centred))),
     }
     guarded = {name: torch.where(no_spread, nan, value) if name in _UNDEFINED_WITHOUT_SPREAD else value
                for name, value in values.items()}
@@ -283,6 +287,16 @@ def _equiangularity(centred_means: torch.Tensor) -> torch.Tensor:
     deviation = (unit @ unit.T + 1.0 / (num_classes - 1)).abs()
     off_diagonal = ~torch.eye(num_classes, dtype=torch.bool, device=unit.device)
     return deviation[off_diagonal].mean()
+
+
+def _pair_angles(centred_means: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and population std (ddof = 0) of the angles between centred class means, pairs i < j, in degrees."""
+    num_classes = centred_means.shape[0]
+    unit = centred_means / centred_means.norm(dim=1, keepdim=True)
+    upper = torch.triu_indices(num_classes, num_classes, offset=1, device=unit.device)
+    cosines = (unit @ unit.T)[upper[0], upper[1]].clamp(-1.0, 1.0)
+    degrees = torch.rad2deg(torch.arccos(cosines))
+    return degrees.mean(), degrees.std(correction=0)
 
 
 def _equinorm(centred_means: torch.Tensor) -> torch.Tensor:

@@ -170,7 +170,8 @@ def logged_epoch_rows(client: MlflowClient, run_id: str, after: int) -> dict[int
             if metric.step > after:
                 values.setdefault(metric.step, {})[key] = metric.value
                 stamps[metric.step] = metric.timestamp
-    complete = {step: row for step, row in values.items() if len(row) == len(contract.PER_EPOCH_METRICS)}
+    logged = {key for row in values.values() for key in row}  # a run from before a metric existed lacks it
+    complete = {step: row for step, row in values.items() if len(row) == len(logged)}
     return {step: {"ts": stamps[step], **row} for step, row in complete.items()}
 
 

@@ -226,3 +226,15 @@ def test_dynamics_fn_panel_is_log_scaled_and_the_switch_dip_is_noted(logged):
     assert axes[3].get_yscale() == "log"
     low, _ = axes[0].get_ylim()
     assert low > 0.05 and any("switch dip to 5.0%" in text.get_text() for text in axes[0].texts)
+
+
+def test_dynamics_draws_the_test_sets_nc1_beside_the_training_sets(logged):
+    from analysis.contract import TEST_NC1
+
+    runs, histories = logged["runs"], logged["histories"]
+    run = runs.iloc[0]
+    axes = dynamics.plot_dynamics(selection.wide_history(histories, run["run_id"]), run)
+    (test_line,) = [line for line in axes[1].get_lines() if line.get_gid() == TEST_NC1]
+    logged_values = [m.value for m in sorted(logged["client"].get_metric_history(run["run_id"], TEST_NC1),
+                                             key=lambda m: m.step)]
+    np.testing.assert_array_equal(test_line.get_ydata(), logged_values)

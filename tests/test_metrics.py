@@ -80,6 +80,15 @@ def test_perfect_simplex_etf_is_fully_collapsed() -> None:
         assert abs(metrics[name]) < 1e-10, name
     assert metrics["nc4"] == 0.0
     assert metrics["fn"] == pytest.approx(1.0, rel=1e-12)  # unit vertices
+    assert metrics["angle_mean_deg"] == pytest.approx(math.degrees(math.acos(-1 / 4)), rel=1e-12)  # 104.48°
+    assert metrics["angle_std_deg"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_simplex_angle_for_ten_classes() -> None:
+    vertices = simplex_etf(num_classes=10, dim=12, seed=1)
+    labels = torch.arange(10)
+    metrics = collapse_metrics(vertices[labels], labels, vertices, None)
+    assert metrics["angle_mean_deg"] == pytest.approx(96.37937, abs=1e-5)  # arccos(−1/9)
 
 
 def test_hand_worked_three_classes_in_two_dimensions() -> None:
@@ -111,6 +120,11 @@ def test_hand_worked_three_classes_in_two_dimensions() -> None:
     for name, value in expected.items():
         assert metrics[name] == pytest.approx(float(value), rel=1e-12, abs=1e-15), name
     assert metrics["nc2_equinorm"] == pytest.approx(math.sqrt(6) / 12, rel=1e-12)
+    # angles: arccos(−4/5) = 143.13°, arccos(0) = 90°, arccos(−3/5) = 126.87°; the first and last sum to 270°,
+    # so the mean is exactly 120°; population std from the three.
+    angles = [math.degrees(math.acos(-4 / 5)), 90.0, math.degrees(math.acos(-3 / 5))]
+    assert metrics["angle_mean_deg"] == pytest.approx(120.0, rel=1e-12)
+    assert metrics["angle_std_deg"] == pytest.approx(float(np.std(angles)), rel=1e-10)
 
 
 def test_returns_exactly_the_metric_names_as_floats() -> None:
@@ -242,7 +256,7 @@ def test_all_features_equal_gives_nan_without_warnings() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         metrics = collapse_metrics(features, labels, weight, None)
-    for name in ("nc1", "nc1_pinv", "nc2", "nc2_equinorm", "nc3", "ncc"):
+    for name in ("nc1", "nc1_pinv", "nc2", "nc2_equinorm", "nc3", "ncc", "angle_mean_deg", "angle_std_deg"):
         assert math.isnan(metrics[name]), name
     assert metrics["fn"] == pytest.approx(3.0)  # ‖(1.5, 1.5, 1.5, 1.5)‖
     assert math.isfinite(metrics["flatness"]) and math.isfinite(metrics["nc4"])
@@ -264,3 +278,16 @@ def test_cuda_matches_cpu() -> None:
     on_gpu = collapse_metrics(features.cuda(), labels.cuda(), weight.cuda(), bias.cuda())
     for name in METRIC_NAMES:
         assert on_gpu[name] == pytest.approx(on_cpu[name], rel=1e-9), name
+
+
+def test_test_set_collapse_uses_the_test_labels_and_is_nan_without_a_class() -> None:
+    from ncflow.engine import test_collapse
+
+    vertices = simplex_etf(num_classes=4, dim=6, seed=2)
+    head = torch.nn.Linear(6, 4, dtype=torch.float64)
+    labels = torch.arange(4).repeat(3)
+    found = test_collapse(vertices[labels], labels, head, 4)
+    assert list(found) == ["test/nc1", "test/nc2", "test/fn", "test/ncc"]
+    assert abs(found["test/nc1"]) < 1e-10 and abs(found["test/nc2"]) < 1e-10 and found["test/fn"] == pytest.approx(1.0)
+    missing = test_collapse(vertices[labels[labels < 3]], labels[labels < 3], head, 4)  # class 3 not in the test set
+    assert all(math.isnan(value) for value in missing.values())
