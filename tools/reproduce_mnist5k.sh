@@ -15,9 +15,14 @@ export PYTHONPATH="$PWD/code" NCFLOW_RECORD_DIR="$PWD/records" OMP_NUM_THREADS=1
 STORE="sqlite:///$PWD/mlflow.db"
 echo "=== start $(date -u +%FT%TZ) on $(getconf _NPROCESSORS_ONLN) cores"
 python "$CHECKOUT/tools/carry_runs.py" import --tracking-uri "$STORE" --from "$CHECKOUT/docs/reproduction/runs"
+export_runs() { python "$CHECKOUT/tools/carry_runs.py" export --tracking-uri "$STORE" --out "$CHECKOUT/docs/reproduction/runs"; }
+# Export every 10 minutes too: a job ended with its machine leaves what it finished in the checkout.
+( while sleep 600; do export_runs; done ) &
+exporter=$!
 nice -n 10 python -m ncflow.cli reproduce --dataset mnist-5k --tracking-uri "$STORE" --storage optuna.journal \
   --workers "${WORKERS:-2}" --out report --quiet
 status=$?
-python "$CHECKOUT/tools/carry_runs.py" export --tracking-uri "$STORE" --out "$CHECKOUT/docs/reproduction/runs"
+kill "$exporter" 2>/dev/null
+export_runs
 echo "=== end $(date -u +%FT%TZ) status $status"
 exit $status
