@@ -23,7 +23,7 @@ from analysis import contract
 from ncflow.collapse import CollapseDetector, resolve_threshold, view_metrics
 from ncflow.config import ConfigError, RunConfig, run_name
 from ncflow.data import DataUnavailable, InMemoryData, batch_indices, load_dataset
-from ncflow.metrics import METRIC_NAMES, NonFiniteFeaturesError, collapse_metrics
+from ncflow.metrics import METRIC_NAMES, NonFiniteFeaturesError, class_mean_angles, collapse_metrics
 from ncflow.models import build_model, predict_in_chunks, rescale_final_hidden
 
 # Fields of a Phase-1 checkpoint's configuration that an intervention run must share with it: the model, and the
@@ -75,6 +75,7 @@ class Setup:
     history: list[dict[str, float]] = field(default_factory=list)
     intervention: dict[str, float] = field(default_factory=dict)
     recorded: dict[int, dict[str, float]] = field(default_factory=dict)  # rows already kept (resume): not re-emitted
+    angles_at_collapse: list[float] | None = None  # class-mean angles at T_NC (not kept across a resume)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -232,6 +233,15 @@ def measure_epoch(setup: Setup) -> dict[str, float]:
             **test_collapse(test_features, data.test_y, head, data.num_classes)}
 
 
+def training_set_angles(setup: Setup) -> list[float] | None:
+    """The pairwise angles between the training set's centred class means now (one extra eval pass), or None
+    when the features are not finite."""
+    _, features = predict_in_chunks(setup.model, setup.data.train_x)
+    if not torch.isfinite(features).all():
+        return None
+    return class_mean_angles(features, setup.data.train_y, setup.data.num_classes)
+
+
 def test_collapse(features: torch.Tensor, labels: torch.Tensor, head: torch.nn.Linear, num_classes: int) -> dict[str, float]:
     """`test/nc1`, `test/nc2`, `test/fn`, `test/ncc`: the collapse metrics of the test features with the test labels
     (NaN when the test set lacks a class or the features are not finite)."""
@@ -323,6 +333,7 @@ def run_epochs(setup: Setup, sink: Sink, progress: bool) -> None:
                 sink.summary(detector.summary_metrics())
             if "collapsed" in events:
                 sink.checkpoint(contract.CHECKPOINT_COLLAPSE, state)
+                setup.angles_at_collapse = training_set_angles(setup)
             if config.protocol == "two-phase" and epoch == config.phase1_epochs:
                 sink.checkpoint(contract.CHECKPOINT_PHASE1_END, state)
             if should_stop(setup, epoch):

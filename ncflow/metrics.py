@@ -291,12 +291,24 @@ def _equiangularity(centred_means: torch.Tensor) -> torch.Tensor:
 
 def _pair_angles(centred_means: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and population std (ddof = 0) of the angles between centred class means, pairs i < j, in degrees."""
+    degrees = _angles_between(centred_means)
+    return degrees.mean(), degrees.std(correction=0)
+
+
+def _angles_between(centred_means: torch.Tensor) -> torch.Tensor:
+    """∠(m_i, m_j) in degrees for every pair i < j (row-major order)."""
     num_classes = centred_means.shape[0]
     unit = centred_means / centred_means.norm(dim=1, keepdim=True)
     upper = torch.triu_indices(num_classes, num_classes, offset=1, device=unit.device)
     cosines = (unit @ unit.T)[upper[0], upper[1]].clamp(-1.0, 1.0)
-    degrees = torch.rad2deg(torch.arccos(cosines))
-    return degrees.mean(), degrees.std(correction=0)
+    return torch.rad2deg(torch.arccos(cosines))
+
+
+def class_mean_angles(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
+    """The K(K−1)/2 angles between the centred class means of `features`, in degrees (pairs i < j)."""
+    labels = labels.to(device=features.device, dtype=torch.int64)
+    stats = _class_means(features, labels, _class_counts(labels, num_classes))
+    return _angles_between(stats.centred_means).tolist()
 
 
 def _equinorm(centred_means: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis import contract
 from ncflow import engine, run_artifacts, run_care, run_summary, tracking
-from ncflow.config import ConfigError, RunConfig
+from ncflow.config import ConfigError, RunConfig, run_name
 from ncflow.engine import Setup
 from ncflow.record_sink import RecordSink
 from ncflow.run_record import RunRecord, record_root
@@ -77,10 +77,20 @@ def record_results(setup: Setup, record: RunRecord, sink: RecordSink) -> dict[st
     record.artifact_bytes(contract.CONFIG_FILE, run_artifacts.config_json(setup.config))
     figure = run_artifacts.dynamics_figure_png(record.run_id, setup.history, summary, setup.config)
     record.artifact_bytes(contract.DYNAMICS_FIGURE, figure)
+    record_angles(setup, record)
     last = setup.history[-1] if setup.history else None
     note = run_summary.description(record.run_id, setup.config, detector.status, summary, last)
     record.tags({contract.TAG_NOTE: note})
     return summary
+
+
+def record_angles(setup: Setup, record: RunRecord) -> None:
+    """class_mean_angles.json and its histogram: the pairwise class-mean angles at T_NC and at the end."""
+    at_end = engine.training_set_angles(setup)
+    detector, classes = setup.detector, setup.data.num_classes
+    args = (classes, setup.angles_at_collapse, at_end, detector.t_nc, detector.last_epoch)
+    record.artifact_bytes(contract.ANGLES_FILE, run_artifacts.angles_json(*args))
+    record.artifact_bytes(contract.ANGLES_FIGURE, run_artifacts.angles_figure_png(*args, title=run_name(setup.config)))
 
 
 def note_start(setup: Setup, record: RunRecord) -> None:

@@ -1,5 +1,6 @@
 """The real `ncflow train` CLI on `digits` into a temporary sqlite store: what lands in MLflow."""
 
+import json
 import math
 from pathlib import Path
 
@@ -55,7 +56,13 @@ def test_train_cli_logs_everything(store, tmp_path: Path):
     assert {"history.csv", "config.json", "checkpoints", "figures"} <= artifacts
     checkpoints = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
     assert checkpoints == {"checkpoints/phase1_end.pt", "checkpoints/last.pt"}  # --checkpoints phase, the default
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "figures")] == ["figures/dynamics.png"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "figures")] == [
+        "figures/class_mean_angles.png", "figures/dynamics.png"]
+    angles = json.loads(Path(client.download_artifacts(run.info.run_id, "class_mean_angles.json", str(tmp_path))).read_text())
+    assert angles["simplex_angle_deg"] == pytest.approx(math.degrees(math.acos(-1 / 9))) and angles["pairs"] == 45
+    assert angles["t_nc"] == int(t_nc) and len(angles["at_t_nc"]) == len(angles["at_end"]) == 45
+    final_mean = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "nc/angle_mean_deg")}[6]
+    assert sum(angles["at_end"]) / 45 == pytest.approx(final_mean, rel=1e-9)  # the end is the last epoch's state
     history = pd.read_csv(client.download_artifacts(run.info.run_id, "history.csv", str(tmp_path)))
     assert list(history["epoch"]) == [1, 2, 3, 4, 5, 6]
     for key in EPOCH_KEYS - {"time/epoch_s"}:
