@@ -146,6 +146,8 @@ NON_CONDITION_PARAMS = (
     "stop_after_collapse",
 )
 SYNTHETIC_PARAMS = ("synthetic_classes", "synthetic_shape", "synthetic_per_class")  # only for dataset synthetic
+# Params added after runs were already logged, with the value those older runs trained with (the reader fills it in).
+ADDED_PARAM_DEFAULTS = {"classifier": "learned", "checkpoints": "all"}
 DEFAULT_LEAD = 62  # epochs from T_cross to the predicted T_NC (the paper's mean lead)
 DEFAULT_EXPERIMENT = "ncflow"
 
@@ -158,6 +160,8 @@ def condition_params(params: Mapping[str, str]) -> dict[str, str]:
     """
     condition = {name: value for name, value in params.items() if name not in NON_CONDITION_PARAMS}
     condition["init_from"] = "none" if params["init_from"] == "none" else "run"
+    if condition.get("classifier", "learned") == "learned":  # the default enters not at all: older runs keep their hash
+        condition.pop("classifier", None)
     if params["dataset"] != "synthetic":
         for name in SYNTHETIC_PARAMS:
             condition.pop(name, None)
@@ -173,7 +177,8 @@ def condition_hash(params: Mapping[str, str]) -> str:
 def run_name(params: Mapping[str, str]) -> str:
     """`mlp5-relu-w512-wd1e-04-mnist-s0`: the condition at a glance, for the MLflow UI.
 
-    MLP `mlp{depth}-{activation}-w{width}` (else the arch), `-wd{λ:.0e}-{dataset}`, `-ce-only`/`-mse-only` for a
+    MLP `mlp{depth}-{activation}-w{width}` (else the arch), `-wd{λ:.0e}-{dataset}`, `-etf-head` for a fixed ETF
+    classifier, `-ce-only`/`-mse-only` for a
     non-default protocol, `-a{α}` for an intervention run, `-s{seed}`.
     """
     if params["arch"] == "mlp":
@@ -181,6 +186,8 @@ def run_name(params: Mapping[str, str]) -> str:
     else:
         model = params["arch"]
     parts = [model, f"wd{float(params['weight_decay']):.0e}", params["dataset"]]
+    if params.get("classifier", "learned") != "learned":
+        parts.append(f"{params['classifier']}-head")
     if params["protocol"] != "two-phase":
         parts.append(params["protocol"])
     if params["init_from"] != "none":

@@ -30,7 +30,7 @@ from analysis.render import arch_label, count
 DESIGN_PARAMS = (
     "dataset", "arch", "depth", "width", "activation", "optimizer", "lr", "momentum", "nesterov", "weight_decay",
     "schedule", "milestones", "lr_gamma", "batch_size", "phase1_epochs", "phase2_epochs", "protocol",
-    "nc1_threshold", "rescale_alpha", "synthetic_classes", "synthetic_shape", "synthetic_per_class",
+    "nc1_threshold", "rescale_alpha", "synthetic_classes", "synthetic_shape", "synthetic_per_class", "classifier",
 )
 USED = (contract.STATUS_COLLAPSED, contract.STATUS_NOT_COLLAPSED)
 UNFINISHED = (contract.STATUS_FAILED, contract.STATUS_RUNNING)

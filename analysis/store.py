@@ -6,7 +6,8 @@ Two tidy frames, read once and cached (`analysis.contract` names what training w
   `mlflow_status, start_time, end_time` (ms, nullable Int64), `status, condition, sweep, fail_reason, divergence_reason,
   parent_run_id, kind` (the tags of `TAG_COLUMNS`), `artifact_uri`; then every param under its own name,
   parsed (`7` → int, `2e-4` and `0.0002` → 0.0002, `true`/`false` → bool, `none`/`off`/empty → None/NaN,
-  anything else — `auto`, `300,450` — stays a string); then every metric key as a float column holding the
+  anything else — `auto`, `300,450` — stays a string; a param added after a run was logged takes the value that
+  run trained with, `contract.ADDED_PARAM_DEFAULTS`); then every metric key as a float column holding the
   run's latest value (summary metrics such as `contract.T_NC`, and the last epoch of per-epoch metrics such as
   `contract.NC1`). A metric key that is also a param or fixed column name (`contract.LR`: the configured rate
   vs the last epoch's rate) gets the column `metrics.<key>`.
@@ -230,6 +231,9 @@ def runs_frame(records: list[tuple[dict[str, Any], dict[str, Any], dict[str, flo
         column = f"metrics.{key}" if key in taken else key
         columns[column] = pd.Series([metrics.get(key, math.nan) for _, _, metrics in records], dtype=float)
     frame = pd.DataFrame(columns)
+    for name, default in contract.ADDED_PARAM_DEFAULTS.items():  # a run from before the param trained with this
+        if name in frame.columns:
+            frame[name] = frame[name].where(frame[name].notna(), default)
     return frame.sort_values(["start_time", "run_name", "run_id"], na_position="last").reset_index(drop=True)
 
 

@@ -16,12 +16,14 @@ import click
 
 from analysis import contract
 from ncflow.config import (
-    ACTIVATIONS, ARCHS, DATASETS, DEVICES, OPTIMIZERS, PROTOCOLS, SCHEDULES, RunConfig, field_help, format_value,
+    ACTIVATIONS, ARCHS, CLASSIFIERS, DATASETS, DEVICES, OPTIMIZERS, PROTOCOLS, SCHEDULES, RunConfig, field_help,
+    format_value,
 )
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "dataset": DATASETS, "arch": ARCHS, "activation": ACTIVATIONS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
     "protocol": PROTOCOLS, "device": DEVICES, "checkpoints": tuple(contract.CHECKPOINT_CHOICES),
+    "classifier": CLASSIFIERS,
 }
 METAVARS = {  # fields whose values are not a plain type
     "milestones": "INTEGER,…", "nc1_threshold": "auto|FLOAT", "fn_ref": "none|auto|FLOAT",
@@ -34,7 +36,7 @@ VALUE_SUFFIX = "-value"  # `--nesterov-value true`: a boolean field as a value, 
 # The help's sections, in order: (title, option names). Options in none of them go under "Other options".
 TRAIN_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Start", ("preset", "resume_run_id", "force")),
-    ("Model", ("arch", "depth", "width", "activation")),
+    ("Model", ("arch", "depth", "width", "activation", "classifier")),
     ("Optimisation", ("optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule", "milestones",
                       "lr_gamma", "batch_size", "seed")),
     ("Protocol", ("protocol", "phase1_epochs", "phase2_epochs", "init_from", "rescale_alpha", "stop_after_collapse")),

@@ -22,6 +22,8 @@ ACTIVATIONS = ("relu", "gelu", "tanh")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "multistep", "constant")
 PROTOCOLS = ("two-phase", "ce-only", "mse-only")
+CLASSIFIERS = ("learned", "etf")
+RESNET20_FEATURES = 64  # ResNet-20's pooled feature dimension
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -38,6 +40,7 @@ class RunConfig:
     arch: str = "mlp"  # mlp | resnet20
     depth: int = 5  # MLP hidden layers (ignored by resnet20, which is 20 layers deep)
     width: int = 512  # MLP hidden width
+    classifier: str = "learned"  # learned | etf (the head fixed to a simplex ETF in a seeded random frame, bias 0, frozen)
     activation: str = "relu"  # relu | gelu | tanh (MLP)
     optimizer: str = "adam"  # adam | sgd
     lr: float = 1e-3  # initial learning rate
@@ -202,6 +205,7 @@ def validate(config: RunConfig) -> None:
     _choice("optimizer", config.optimizer, OPTIMIZERS)
     _choice("schedule", config.schedule, SCHEDULES)
     _choice("protocol", config.protocol, PROTOCOLS)
+    _choice("classifier", config.classifier, CLASSIFIERS)
     _choice("device", config.device, DEVICES)
     _require(1 <= config.depth <= 64, f"depth: expected an integer from 1 to 64, got {config.depth}")
     _require(1 <= config.width <= 65536, f"width: expected a positive integer, got {config.width}")
@@ -251,6 +255,12 @@ def validate(config: RunConfig) -> None:
     _require(
         config.stop_after_collapse == "off" or config.stop_after_collapse.isdigit(),
         f"stop_after_collapse: expected off or a whole number of epochs, got {config.stop_after_collapse!r}",
+    )
+    classes = config.synthetic_classes if config.dataset == "synthetic" else 10
+    features = config.width if config.arch == "mlp" else RESNET20_FEATURES
+    _require(
+        config.classifier != "etf" or features >= classes - 1,
+        f"classifier: etf needs a feature dimension of at least K − 1 = {classes - 1}, got {features}",
     )
     _require(
         config.checkpoints in contract.CHECKPOINT_CHOICES,

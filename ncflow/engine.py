@@ -24,7 +24,7 @@ from ncflow.collapse import CollapseDetector, resolve_threshold, view_metrics
 from ncflow.config import ConfigError, RunConfig, run_name
 from ncflow.data import DataUnavailable, InMemoryData, batch_indices, load_dataset
 from ncflow.metrics import METRIC_NAMES, NonFiniteFeaturesError, class_mean_angles, collapse_metrics
-from ncflow.models import build_model, predict_in_chunks, rescale_final_hidden
+from ncflow.models import build_model, fix_head_to_etf, predict_in_chunks, rescale_final_hidden
 
 # Fields of a Phase-1 checkpoint's configuration that an intervention run must share with it: the model, and the
 # training settings whose state (optimiser moments, schedule position) the checkpoint carries into Phase 2.
@@ -135,6 +135,8 @@ def prepare(config: RunConfig, fn_ref: float | None = None) -> Setup:
     model = build_model(
         config.arch, data.input_shape, data.num_classes, config.depth, config.width, config.activation
     ).to(device)
+    if config.classifier == "etf":
+        fix_head_to_etf(model, config.seed)  # frozen: Adam/SGD skip parameters without a gradient
     optimizer = make_optimizer(model, config)
     return Setup(
         config=config,

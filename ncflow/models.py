@@ -128,6 +128,32 @@ def build_model(
     raise ValueError(f"arch must be one of {', '.join(ARCHS)}; got {arch!r}")
 
 
+def simplex_etf(num_classes: int, dim: int, seed: int) -> torch.Tensor:
+    """A K × d simplex equiangular tight frame in a seeded random orthonormal frame (float64).
+
+    Rows have unit norm and pairwise cosine −1/(K−1): sqrt(K/(K−1)) B Qᵀ, with B (K × (K−1)) an orthonormal basis of
+    the centred vectors (B Bᵀ = I − 11ᵀ/K) and Q (d × (K−1)) orthonormal columns drawn from `seed`. Needs d ≥ K−1.
+    """
+    if dim < num_classes - 1:
+        raise ValueError(f"a {num_classes}-class simplex ETF needs at least {num_classes - 1} dimensions, got {dim}")
+    centred = torch.eye(num_classes, dtype=torch.float64) - 1.0 / num_classes
+    basis, _ = torch.linalg.qr(centred[:, : num_classes - 1])
+    generator = torch.Generator().manual_seed(seed)
+    frame, _ = torch.linalg.qr(torch.randn(dim, num_classes - 1, generator=generator, dtype=torch.float64))
+    return math.sqrt(num_classes / (num_classes - 1)) * basis @ frame.T
+
+
+@torch.no_grad()
+def fix_head_to_etf(model: nn.Module, seed: int) -> None:
+    """`--classifier etf`: the head's weight becomes a simplex ETF (`simplex_etf`), its bias zero, both frozen."""
+    head = model.head
+    num_classes, dim = head.weight.shape
+    head.weight.copy_(simplex_etf(num_classes, dim, seed).to(head.weight))
+    head.bias.zero_()
+    head.weight.requires_grad_(False)
+    head.bias.requires_grad_(False)
+
+
 @torch.no_grad()
 def rescale_final_hidden(model: nn.Module, alpha: float) -> None:
     """Multiply the MLP's final hidden Linear (weight and bias) by ``alpha`` in place.

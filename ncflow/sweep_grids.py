@@ -65,6 +65,8 @@ NAMED_SWEEPS: dict[str, Sweep] = {
         "intervention", (Block({"rescale_alpha": (1.0, 0.3, 3.0)}),), {**MLP5_RELU, "dataset": "mnist"}, chain_phase1=True
     ),
     "protocol": Sweep("protocol", (Block({"protocol": ("ce-only", "two-phase")}),), MLP5_RELU),
+    # Beyond the paper: the head learned as usual vs fixed to a simplex ETF (MLP-5, ReLU, λ = 1e-4).
+    "etf": Sweep("etf", (Block({"classifier": ("learned", "etf")}),), {**MLP5_RELU, "weight_decay": 1e-4}),
 }
 
 

@@ -140,3 +140,27 @@ def test_bad_input_is_one_line_and_creates_no_run(store, option, value, message)
     client = MlflowClient(store)
     experiment = client.get_experiment_by_name("ncflow")
     assert experiment is None or client.search_runs([experiment.experiment_id]) == []
+
+
+def test_etf_classifier_is_an_exact_simplex_and_stays_fixed(store, tmp_path: Path):
+    import torch
+
+    from ncflow.models import simplex_etf
+
+    etf = simplex_etf(10, 64, seed=0)
+    gram = etf @ etf.T
+    expected = torch.full((10, 10), -1 / 9, dtype=torch.float64) + torch.eye(10, dtype=torch.float64) * (1 + 1 / 9)
+    assert torch.allclose(gram, expected, atol=1e-12)  # unit rows, pairwise cosine −1/(K−1)
+    assert not torch.allclose(simplex_etf(10, 64, seed=1), etf)  # the frame is seeded
+    result = CliRunner().invoke(main, ["train", "--quiet", *TINY, "--classifier", "etf", "--checkpoints", "all"])
+    assert result.exit_code == 0, result.output
+    client, run = only_run(store)
+    assert run.info.run_name == "mlp2-relu-w64-wd2e-04-digits-etf-head-s0" and run.data.params["classifier"] == "etf"
+    for name in ("phase1_end", "last"):  # after training: the head is exactly the ETF, the bias exactly zero
+        state = torch.load(client.download_artifacts(run.info.run_id, f"checkpoints/{name}.pt", str(tmp_path)),
+                           weights_only=True)
+        assert torch.equal(state["model"]["head.weight"], etf.to(state["model"]["head.weight"].dtype))
+        assert not state["model"]["head.bias"].any()
+    bad = CliRunner().invoke(main, ["train", "--quiet", *TINY, "--classifier", "etf", "--width", "8"])
+    assert bad.exit_code == 2
+    assert bad.output.strip() == "Error: classifier: etf needs a feature dimension of at least K − 1 = 9, got 8"
