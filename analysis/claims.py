@@ -36,13 +36,14 @@ def pair_fn_stars(runs: pd.DataFrame) -> dict[tuple[str, str], stats.Summary]:
     the paper's program; its depth sweep's shallow nets use ε = 0.05 and are not Table 6's pair)."""
     used = select(runs).used
     used = used[(column(used, "activation") == "relu") & ~is_intervention(used)
-                & column(used, "protocol").isin(["two-phase"]) & column(used, contract.T_NC).notna()]
+                & column(used, "protocol").isin(["two-phase"])]
     if used.empty:
         return {}
     used = used.assign(cell_arch=used.apply(arch_label, axis=1))
     modal = used.groupby(["arch", "dataset"])["cell_arch"].agg(lambda labels: labels.value_counts().index[0])
-    used = used[[(label, data) in set(zip(modal, modal.index.get_level_values("dataset")))
-                 for label, data in zip(used["cell_arch"], used["dataset"])]]
+    pairs = set(zip(modal, modal.index.get_level_values("dataset")))  # the most-run depth, collapsed or not
+    used = used[[(label, data) in pairs for label, data in zip(used["cell_arch"], used["dataset"])]]
+    used = used[column(used, contract.T_NC).notna()]
     return {(str(label), str(data)): stats.describe(group[contract.FN_STAR])
             for (label, data), group in used.groupby(["cell_arch", "dataset"], sort=True)}
 
