@@ -123,11 +123,10 @@ def sweep_end_message(tracking_uri: str, experiment: str, name: str) -> Sequence
         if adopted:
             parent = client.get_run(adopted)
         else:
+            from ncflow.sweeps import latest_parent
+
             found = client.get_experiment_by_name(experiment)
-            runs = [] if found is None else client.search_runs(
-                [found.experiment_id], order_by=["attributes.start_time DESC"], max_results=1,
-                filter_string=f"tags.`{contract.TAG_KIND}` = '{contract.KIND_SWEEP}' and "
-                              f"tags.`{contract.TAG_SWEEP}` = '{name}'")
+            runs = [] if found is None else latest_parent(client, found.experiment_id, name)
             if not runs:
                 return []
             parent = runs[0]

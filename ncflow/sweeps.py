@@ -92,6 +92,16 @@ def default_experiment(tracking_uri: str) -> str:
     return adopted or os.environ.get("MLFLOW_EXPERIMENT_NAME") or RunConfig.experiment
 
 
+def latest_parent(client: MlflowClient, experiment_id: str, name: str) -> list:
+    """The latest `sweep-NAME` parent run in the experiment (a list of at most one run)."""
+    return client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_KIND}` = '{KIND_SWEEP}' and tags.`{TAG_SWEEP}` = '{name}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+
+
 def open_parent(client: MlflowClient, experiment_id: str, name: str) -> str:
     """The sweep's parent run: the `mlflow run` run, else the latest `sweep-NAME`, else a new one."""
     from ncflow import tracking
@@ -101,13 +111,7 @@ def open_parent(client: MlflowClient, experiment_id: str, name: str) -> str:
     if adopted:
         with_retry(tracking.set_tags, client, adopted, {**tags, TAG_RUN_NAME: f"sweep-{name}"})
         return adopted
-    found = with_retry(
-        client.search_runs,
-        [experiment_id],
-        filter_string=f"tags.`{TAG_KIND}` = '{KIND_SWEEP}' and tags.`{TAG_SWEEP}` = '{name}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
+    found = with_retry(latest_parent, client, experiment_id, name)
     if found:
         with_retry(client.update_run, found[0].info.run_id, status="RUNNING")
         return found[0].info.run_id
