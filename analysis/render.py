@@ -122,6 +122,11 @@ def fmt_pct(fraction: float, digits: int = 1, sign: bool = False) -> str:
     return "—" if math.isnan(fraction) else f"{100 * fraction:{'+' if sign else ''}.{digits}f}%"
 
 
+def fmt_num(value: float, digits: int) -> str:
+    """`0.84`; `—` for a statistic that could not be computed (too few points)."""
+    return "—" if math.isnan(value) else f"{value:.{digits}f}"
+
+
 def fmt_p(p: float) -> str:
     """`0.22`; small p in scientific notation (`3.1e-05`)."""
     return "—" if math.isnan(p) else (f"{p:.2f}" if p >= 0.01 else f"{p:.1e}")

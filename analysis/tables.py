@@ -16,7 +16,7 @@ import pandas as pd
 
 from analysis.aggregate import Estimates, Family, numeric
 from analysis.render import (
-    LABELS, Table, arch_label, count, fmt_interval, fmt_p, fmt_pct, fmt_pm, fmt_threshold, fmt_value,
+    LABELS, Table, arch_label, count, fmt_interval, fmt_num, fmt_p, fmt_pct, fmt_pm, fmt_threshold, fmt_value,
 )
 from analysis.selection import SWEEP_NAMES, Histories, column, select
 from analysis.stats import GridEffects, Summary
@@ -194,9 +194,10 @@ def width_table(estimates: Estimates) -> Table | None:
         return None
     fit, corr = trend.fit, trend.correlation
     table.notes += [
-        f"Log-log regression of mean fn* on width: fn* ∝ width^{fit.slope:.3f} (R² = {fit.r_squared:.2f}, "
+        f"Log-log regression of mean fn* on width: fn* ∝ width^{fmt_num(fit.slope, 3)} "
+        f"(R² = {fmt_num(fit.r_squared, 2)}, "
         f"p = {fmt_p(fit.p)}, N = {fit.n} widths).",
-        f"Pearson r of mean T_NC on width: r = {corr.r:.2f} (p = {fmt_p(corr.p)}, N = {corr.n} widths).",
+        f"Pearson r of mean T_NC on width: r = {fmt_num(corr.r, 2)} (p = {fmt_p(corr.p)}, N = {corr.n} widths).",
     ]
     if trend.span is not None:
         low, high = trend.span

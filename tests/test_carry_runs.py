@@ -35,6 +35,12 @@ def test_exported_runs_import_with_their_params_tags_metrics_and_history(tmp_pat
     target = fx.local_store(tmp_path / "target", mlflow_template_db)
     assert carry("import", "--tracking-uri", target.uri, "--from", str(tmp_path / "runs")).startswith("imported 4 runs")
     assert carry("import", "--tracking-uri", target.uri, "--from", str(tmp_path / "runs")).startswith("imported 0 runs")
+    # The store they came from already holds them, and a carried run is exported under its original name.
+    assert carry("import", "--tracking-uri", source.uri, "--from", str(tmp_path / "runs")).startswith("imported 0 runs")
+    files = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert carry("export", "--tracking-uri", target.uri, "--out", str(tmp_path / "runs")) == \
+        f"exported 0 runs to {tmp_path / 'runs'}\n"
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == files
 
     before = store.load_runs(source.uri, status="FINISHED").sort_values("run_name").reset_index(drop=True)
     after = store.load_runs(target.uri).sort_values("run_name").reset_index(drop=True)

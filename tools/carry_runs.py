@@ -7,9 +7,10 @@ MLflow has no built-in run export, and a long job such as `ncflow reproduce` can
 (its store is a git-ignored file). `export` writes one gzipped JSON per FINISHED training run: name, experiment,
 times, params, the ncflow and description tags, the summary metrics and `history.csv` (every per-epoch value).
 `import` recreates each as a FINISHED run with the same params, tags, summary metrics, per-epoch metrics (step =
-epoch) and `history.csv` artifact, tagged `ncflow.carried_from` with the original run id; a run already carried is
-skipped, so importing twice changes nothing. `ncflow reproduce` then counts the carried runs as done (a FINISHED run
-of the condition and seed) and the report reads them like any other. Checkpoints are not carried.
+epoch) and `history.csv` artifact, tagged `ncflow.carried_from` with the original run id; a run already carried, or the
+original itself (importing into the store it was exported from), is skipped, so importing twice changes nothing,
+and a carried run is exported under its original id. `ncflow reproduce` then counts the carried runs as done (a
+FINISHED run of the condition and seed) and the report reads them like any other. Checkpoints are not carried.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def export_runs(client: MlflowClient, out: Path) -> int:
     written = 0
     for run in training_runs(client):
         info, data = run.info, run.data
-        path = out / f"{info.run_name}-{info.run_id[:8]}.json.gz"
+        original_id = data.tags.get(contract.TAG_CARRIED_FROM, info.run_id)  # a carried run keeps its file
+        path = out / f"{info.run_name}-{original_id[:8]}.json.gz"
         if path.exists():
             continue
         history = Path(client.download_artifacts(info.run_id, contract.HISTORY_FILE)).read_text()
@@ -70,10 +72,12 @@ def export_runs(client: MlflowClient, out: Path) -> int:
     return written
 
 
-def carried(client: MlflowClient) -> set[str]:
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(experiments, f"tags.`{contract.TAG_CARRIED_FROM}` != ''", max_results=50000)
-    return {run.data.tags[contract.TAG_CARRIED_FROM] for run in runs}
+def already_here(client: MlflowClient) -> set[str]:
+    """The original ids of the runs this store holds: those carried in, and its own (a store exported from)."""
+    here = set()
+    for run in training_runs(client):
+        here |= {run.info.run_id, run.data.tags.get(contract.TAG_CARRIED_FROM, run.info.run_id)}
+    return here
 
 
 def import_run(client: MlflowClient, record: dict) -> str:
@@ -115,7 +119,7 @@ def main() -> int:
         return 0
     if args.source is None:
         parser.error("import needs --from")
-    done = carried(client)
+    done = already_here(client)
     count = 0
     for path in sorted(args.source.glob("*.json.gz")):
         record = json.loads(gzip.decompress(path.read_bytes()))
