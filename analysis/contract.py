@@ -25,6 +25,7 @@ TAG_TRIAL = "ncflow.trial"  # a sweep child's `<optuna study>#<trial number>`
 TAG_GIT_COMMIT = "ncflow.git_commit"
 TAG_VERSION = "ncflow.version"
 TAG_HEARTBEAT = "ncflow.heartbeat"  # `<unix seconds> <host> <pid>`, refreshed every ~30 s while the run trains
+TAG_CLASS_COUNTS = "ncflow.class_counts"  # training samples per class, `n_0,n_1,…` (also class_counts.json)
 TAG_CARRIED_FROM = "ncflow.carried_from"  # a run imported by tools/carry_runs.py: the original run's id
 TAG_ANALYSIS_RUNS = "ncflow.analysis.runs"  # an analysis run: how many training runs the report read
 TAG_PARENT_RUN = "mlflow.parentRunId"  # MLflow's own: a sweep child's parent run
@@ -62,6 +63,34 @@ COLLAPSE_METRICS = (NC1, NC1_PINV, NC2, NC2_EQUINORM, NC3, NC4, FN, NCC, FLATNES
 TEST_COLLAPSE_NAMES = ("nc1", "nc2", "fn", "ncc")
 TEST_NC1, TEST_NC2, TEST_FN, TEST_NCC = ("test/" + name for name in TEST_COLLAPSE_NAMES)
 TEST_COLLAPSE_METRICS = (TEST_NC1, TEST_NC2, TEST_FN, TEST_NCC)
+
+# Per-epoch metrics a run logs only under an option (not in history.csv; their own artifacts below).
+# `--layerwise`: the collapse of every hidden layer's output, layer 1 the first; the last equals `nc/*`.
+LAYER_PREFIX = "layers/"
+LAYER_METRIC_NAMES = ("nc1", "nc1_pinv", "nc2", "fn")
+# `--imbalance-ratio` > 1: the minority classes (the half of the classes with the fewest samples) merging.
+MINORITY_COLLAPSE = "nc/minority_collapse"  # mean pairwise cosine of the minority classes' classifier rows (→ 1)
+MINORITY_MEAN_COLLAPSE = "nc/minority_mean_collapse"  # the same for their centred class means
+IMBALANCE_METRICS = (MINORITY_COLLAPSE, MINORITY_MEAN_COLLAPSE)
+
+
+def layer_metric(layer: int, name: str) -> str:
+    """`layers/3/nc1`: one of LAYER_METRIC_NAMES of hidden layer `layer` (1-based)."""
+    return f"{LAYER_PREFIX}{layer}/{name}"
+
+
+def layer_t_nc(layer: int) -> str:
+    """`collapse/layers/3/T_NC`: the first epoch with layer `layer`'s NC1 below the run's ε (summary)."""
+    return f"collapse/{LAYER_PREFIX}{layer}/T_NC"
+
+
+def layer_of(metric: str) -> int | None:
+    """The layer of a `layers/<l>/<name>` metric, else None."""
+    if not metric.startswith(LAYER_PREFIX):
+        return None
+    layer = metric[len(LAYER_PREFIX):].split("/", 1)[0]
+    return int(layer) if layer.isdigit() else None
+
 
 # The per-epoch metrics, in `history.csv` column order (after `epoch`).
 PER_EPOCH_METRICS = (TRAIN_LOSS, TRAIN_ACC, TEST_ACC, *COLLAPSE_METRICS, *TEST_COLLAPSE_METRICS, LR, PHASE, EPOCH_TIME)
@@ -116,6 +145,10 @@ SWEEP_METRICS = (SWEEP_DONE, SWEEP_FAILED, SWEEP_RUNNING, SWEEP_REMAINING)
 HISTORY_FILE = "history.csv"  # HISTORY_COLUMNS, one row per epoch
 CONFIG_FILE = "config.json"  # the resolved configuration
 DYNAMICS_FIGURE = "figures/dynamics.png"
+LAYERS_FILE = "layers.csv"  # `--layerwise`: `epoch`, then every `layers/<l>/<name>`, one row per epoch
+LAYERS_FIGURE = "figures/layers.png"  # `--layerwise`: NC1 of every layer over the epochs
+CLASS_COUNTS_FILE = "class_counts.json"  # the training samples per class (the imbalanced subsample's, if any)
+CLASS_NC1_FILE = "class_nc1.csv"  # per-class NC1 at the end: `class`, `count`, `minority`, `nc1`
 ANGLES_FILE = "class_mean_angles.json"  # pairwise class-mean angles (degrees) at T_NC and at the end, the simplex angle
 ANGLES_FIGURE = "figures/class_mean_angles.png"  # their histograms against the simplex angle
 CHECKPOINT_DIR = "checkpoints"
@@ -143,11 +176,13 @@ def checkpoint_path(name: str) -> str:
 # The params that do not change what is trained: left out of the condition hash.
 NON_CONDITION_PARAMS = (
     "seed", "data_dir", "device", "checkpoint_every", "checkpoints", "experiment", "tracking_uri", "fn_ref", "lead",
-    "stop_after_collapse",
+    "stop_after_collapse", "layerwise",
 )
 SYNTHETIC_PARAMS = ("synthetic_classes", "synthetic_shape", "synthetic_per_class")  # only for dataset synthetic
 # Params added after runs were already logged, with the value those older runs trained with (the reader fills it in).
-ADDED_PARAM_DEFAULTS = {"classifier": "learned", "checkpoints": "all"}
+ADDED_PARAM_DEFAULTS = {"classifier": "learned", "checkpoints": "all", "layerwise": "false", "imbalance_ratio": "1.0",
+                        "imbalance_profile": "step"}
+IMBALANCE_PARAMS = ("imbalance_ratio", "imbalance_profile")  # enter a condition only when the ratio is not 1
 DEFAULT_LEAD = 62  # epochs from T_cross to the predicted T_NC (the paper's mean lead)
 DEFAULT_EXPERIMENT = "ncflow"
 
@@ -162,6 +197,9 @@ def condition_params(params: Mapping[str, str]) -> dict[str, str]:
     condition["init_from"] = "none" if params["init_from"] == "none" else "run"
     if condition.get("classifier", "learned") == "learned":  # the default enters not at all: older runs keep their hash
         condition.pop("classifier", None)
+    if same_number(condition.get("imbalance_ratio", "1"), 1):  # balanced: likewise
+        for name in IMBALANCE_PARAMS:
+            condition.pop(name, None)
     if params["dataset"] != "synthetic":
         for name in SYNTHETIC_PARAMS:
             condition.pop(name, None)
@@ -178,8 +216,7 @@ def run_name(params: Mapping[str, str]) -> str:
     """`mlp5-relu-w512-wd1e-04-mnist-s0`: the condition at a glance, for the MLflow UI.
 
     MLP `mlp{depth}-{activation}-w{width}` (else the arch), `-wd{λ:.0e}-{dataset}`, `-etf-head` for a fixed ETF
-    classifier, `-ce-only`/`-mse-only` for a
-    non-default protocol, `-a{α}` for an intervention run, `-s{seed}`.
+    classifier, `-imb{ρ}-{profile}` for an imbalanced subsample, `-ce-only`/`-mse-only` for a non-default protocol, `-a{α}` for an intervention run, `-s{seed}`.
     """
     if params["arch"] == "mlp":
         model = f"mlp{params['depth']}-{params['activation']}-w{params['width']}"
@@ -188,6 +225,8 @@ def run_name(params: Mapping[str, str]) -> str:
     parts = [model, f"wd{float(params['weight_decay']):.0e}", params["dataset"]]
     if params.get("classifier", "learned") != "learned":
         parts.append(f"{params['classifier']}-head")
+    if not same_number(params.get("imbalance_ratio", "1"), 1):
+        parts.append(f"imb{float(params['imbalance_ratio']):g}-{params.get('imbalance_profile', 'step')}")
     if params["protocol"] != "two-phase":
         parts.append(params["protocol"])
     if params["init_from"] != "none":

@@ -31,6 +31,7 @@ DESIGN_PARAMS = (
     "dataset", "arch", "depth", "width", "activation", "optimizer", "lr", "momentum", "nesterov", "weight_decay",
     "schedule", "milestones", "lr_gamma", "batch_size", "phase1_epochs", "phase2_epochs", "protocol",
     "nc1_threshold", "rescale_alpha", "synthetic_classes", "synthetic_shape", "synthetic_per_class", "classifier",
+    "imbalance_ratio", "imbalance_profile",
 )
 USED = (contract.STATUS_COLLAPSED, contract.STATUS_NOT_COLLAPSED)
 UNFINISHED = (contract.STATUS_FAILED, contract.STATUS_RUNNING)

@@ -190,7 +190,7 @@ def sweep(
     experiment: str | None,
     quiet: bool,
 ) -> None:
-    """Run the named sweep NAME (depth, activation, weight-decay, width, grid, intervention, protocol; beyond the paper: etf) exactly once per point.
+    """Run the named sweep NAME (depth, activation, weight-decay, width, grid, intervention, protocol; beyond the paper: etf, layerwise, imbalance) exactly once per point.
 
     At the end it prints the sweep's parent run and its summary CSV.
 

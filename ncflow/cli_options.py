@@ -16,14 +16,14 @@ import click
 
 from analysis import contract
 from ncflow.config import (
-    ACTIVATIONS, ARCHS, CLASSIFIERS, DATASETS, DEVICES, OPTIMIZERS, PROTOCOLS, SCHEDULES, RunConfig, field_help,
-    format_value,
+    ACTIVATIONS, ARCHS, CLASSIFIERS, DATASETS, DEVICES, IMBALANCE_PROFILES, OPTIMIZERS, PROTOCOLS, SCHEDULES,
+    RunConfig, field_help, format_value,
 )
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "dataset": DATASETS, "arch": ARCHS, "activation": ACTIVATIONS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
     "protocol": PROTOCOLS, "device": DEVICES, "checkpoints": tuple(contract.CHECKPOINT_CHOICES),
-    "classifier": CLASSIFIERS,
+    "classifier": CLASSIFIERS, "imbalance_profile": IMBALANCE_PROFILES,
 }
 METAVARS = {  # fields whose values are not a plain type
     "milestones": "INTEGER,…", "nc1_threshold": "auto|FLOAT", "fn_ref": "none|auto|FLOAT",
@@ -40,8 +40,9 @@ TRAIN_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Optimisation", ("optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule", "milestones",
                       "lr_gamma", "batch_size", "seed")),
     ("Protocol", ("protocol", "phase1_epochs", "phase2_epochs", "init_from", "rescale_alpha", "stop_after_collapse")),
-    ("Collapse", ("nc1_threshold", "fn_ref", "lead")),
-    ("Data", ("dataset", "data_dir", "synthetic_classes", "synthetic_shape", "synthetic_per_class", "device")),
+    ("Collapse", ("nc1_threshold", "fn_ref", "lead", "layerwise")),
+    ("Data", ("dataset", "data_dir", "imbalance_ratio", "imbalance_profile", "synthetic_classes", "synthetic_shape",
+              "synthetic_per_class", "device")),
     ("Tracking", ("experiment", "tracking_uri", "checkpoints", "checkpoint_every", "record_dir", "ship_timeout",
                   "quiet")),
 )

@@ -23,6 +23,7 @@ OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "multistep", "constant")
 PROTOCOLS = ("two-phase", "ce-only", "mse-only")
 CLASSIFIERS = ("learned", "etf")
+IMBALANCE_PROFILES = ("step", "exp")
 RESNET20_FEATURES = 64  # ResNet-20's pooled feature dimension
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -54,6 +55,9 @@ class RunConfig:
     phase1_epochs: int = 50  # Phase 1 (cross-entropy) epochs
     phase2_epochs: int = 550  # Phase 2 (MSE on one-hot targets) epochs
     protocol: str = "two-phase"  # two-phase | ce-only (CE for all epochs) | mse-only (MSE for all epochs)
+    imbalance_ratio: float = 1.0  # ρ = n_max / n_min of a seeded training subsample (≥ 1; 1 keeps the training set as it is)
+    imbalance_profile: str = "step"  # with ρ > 1: step (the first half of the classes n_max, the rest n_max/ρ) | exp (n_c = n_max ρ^(−c/(K−1)))
+    layerwise: bool = False  # also measure NC1, NC1_pinv, NC2 and fn of every hidden layer's output, every epoch
     nc1_threshold: str = "auto"  # ε for T_NC: auto (0.05 for GELU/Tanh or MLP depth ≤ 3, else 0.01) or a number in (0, 1)
     fn_ref: str = "none"  # reference fn* for T_cross: none | a positive number | auto (mean fn* of finished runs of the condition)
     lead: int = contract.DEFAULT_LEAD  # epochs added to T_cross to predict T_NC
@@ -256,8 +260,17 @@ def validate(config: RunConfig) -> None:
         config.stop_after_collapse == "off" or config.stop_after_collapse.isdigit(),
         f"stop_after_collapse: expected off or a whole number of epochs, got {config.stop_after_collapse!r}",
     )
+    _choice("imbalance_profile", config.imbalance_profile, IMBALANCE_PROFILES)
+    _require(
+        1.0 <= config.imbalance_ratio <= MAX_COUNT,
+        f"imbalance_ratio: expected a number from 1 to {MAX_COUNT:,} (n_max / n_min), got {config.imbalance_ratio}",
+    )
     classes = config.synthetic_classes if config.dataset == "synthetic" else 10
     features = config.width if config.arch == "mlp" else RESNET20_FEATURES
+    _require(
+        config.imbalance_ratio == 1 or classes >= 4,
+        f"imbalance_ratio: needs at least 4 classes (two minority classes to compare), got {classes}",
+    )
     _require(
         config.classifier != "etf" or features >= classes - 1,
         f"classifier: etf needs a feature dimension of at least K − 1 = {classes - 1}, got {features}",

@@ -23,8 +23,12 @@ from analysis import contract
 from ncflow.collapse import CollapseDetector, resolve_threshold, view_metrics
 from ncflow.config import ConfigError, RunConfig, run_name
 from ncflow.data import DataUnavailable, InMemoryData, batch_indices, load_dataset
-from ncflow.metrics import METRIC_NAMES, NonFiniteFeaturesError, class_mean_angles, collapse_metrics
-from ncflow.models import build_model, fix_head_to_etf, predict_in_chunks, rescale_final_hidden
+from ncflow.imbalance import minority_classes, subsample
+from ncflow.metrics import METRIC_NAMES, MINORITY_NAMES, NonFiniteFeaturesError, class_mean_angles, collapse_metrics
+from ncflow.models import (
+    build_model, fix_head_to_etf, predict_in_chunks, predict_layers_in_chunks, rescale_final_hidden,
+)
+from ncflow.optional_metrics import imbalanced, layer_collapse, optional_metric_names
 
 # Fields of a Phase-1 checkpoint's configuration that an intervention run must share with it: the model, and the
 # training settings whose state (optimiser moments, schedule position) the checkpoint carries into Phase 2.
@@ -76,6 +80,9 @@ class Setup:
     intervention: dict[str, float] = field(default_factory=dict)
     recorded: dict[int, dict[str, float]] = field(default_factory=dict)  # rows already kept (resume): not re-emitted
     angles_at_collapse: list[float] | None = None  # class-mean angles at T_NC (not kept across a resume)
+    class_counts: list[int] = field(default_factory=list)  # training samples per class (after any subsample)
+    minority: list[int] | None = None  # under class imbalance, the minority classes
+    epoch_metrics: tuple[str, ...] = contract.PER_EPOCH_METRICS  # what each epoch's row logs (+ the optional ones)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -131,6 +138,7 @@ def prepare(config: RunConfig, fn_ref: float | None = None) -> Setup:
         ).to(device)
     except DataUnavailable as error:
         raise ConfigError(f"data_dir: {error}") from None
+    data, counts = subsample(data, config.imbalance_ratio, config.imbalance_profile, config.seed)
     torch.manual_seed(config.seed)
     model = build_model(
         config.arch, data.input_shape, data.num_classes, config.depth, config.width, config.activation
@@ -147,6 +155,9 @@ def prepare(config: RunConfig, fn_ref: float | None = None) -> Setup:
         scheduler=make_scheduler(optimizer, config),
         detector=CollapseDetector(threshold=threshold, fn_ref=fn_ref, lead=config.lead),
         batch_order=torch.Generator().manual_seed(config.seed),
+        class_counts=counts,
+        minority=minority_classes(data.num_classes) if imbalanced(config) else None,
+        epoch_metrics=(*contract.PER_EPOCH_METRICS, *optional_metric_names(config)),
     )
 
 
@@ -220,19 +231,24 @@ def train_one_epoch(setup: Setup, phase: int) -> float:
 def measure_epoch(setup: Setup) -> dict[str, float]:
     """One eval-mode pass over the full training set (collapse metrics, train accuracy) and the test set."""
     data, model = setup.data, setup.model
-    logits, features = predict_in_chunks(model, data.train_x)
+    if setup.config.layerwise:  # the same pass, keeping every layer's output
+        logits, features, layers = predict_layers_in_chunks(model, data.train_x)
+    else:
+        (logits, features), layers = predict_in_chunks(model, data.train_x), []
     head = model.head
     try:
-        metrics = collapse_metrics(features, data.train_y, head.weight.detach(), head.bias.detach(), data.num_classes)
+        metrics = collapse_metrics(features, data.train_y, head.weight.detach(), head.bias.detach(), data.num_classes,
+                                   minority_classes=setup.minority)
     except NonFiniteFeaturesError:  # the weights blew up: record NaNs, and the detector calls it divergence
-        metrics = dict.fromkeys(METRIC_NAMES, math.nan)
+        metrics = dict.fromkeys((*METRIC_NAMES, *(MINORITY_NAMES if setup.minority else ())), math.nan)
     train_acc = (logits.argmax(dim=1) == data.train_y).double().mean()
     test_logits, test_features = predict_in_chunks(model, data.test_x)
     test_acc = (test_logits.argmax(dim=1) == data.test_y).double().mean()
     accuracies = torch.stack([train_acc, test_acc]).tolist()  # one sync for both
     nc = {contract.NC_PREFIX + name: value for name, value in metrics.items()}
+    by_layer = layer_collapse(layers, data.train_y, data.num_classes, nc) if layers else {}
     return {contract.TRAIN_ACC: accuracies[0], contract.TEST_ACC: accuracies[1], **nc,
-            **test_collapse(test_features, data.test_y, head, data.num_classes)}
+            **test_collapse(test_features, data.test_y, head, data.num_classes), **by_layer}
 
 
 def training_set_angles(setup: Setup) -> list[float] | None:
@@ -321,12 +337,12 @@ def run_epochs(setup: Setup, sink: Sink, progress: bool) -> None:
             kept = setup.recorded.pop(epoch, None)
             if kept is not None:  # a replayed epoch: its row is already logged
                 # (a row logged before a metric existed keeps the recomputed value of that metric)
-                row = {contract.HISTORY_EPOCH: float(epoch), **{k: kept.get(k, row[k]) for k in contract.PER_EPOCH_METRICS}}
+                row = {contract.HISTORY_EPOCH: float(epoch), **{k: kept.get(k, row[k]) for k in setup.epoch_metrics}}
             events = update_detector(setup, row)
             setup.history.append(row)
             if kept is None:
                 views = view_metrics(row[contract.NC1], row[contract.FN], detector.threshold)
-                sink.epoch(epoch, {**{k: row[k] for k in contract.PER_EPOCH_METRICS}, **views})
+                sink.epoch(epoch, {**{k: row[k] for k in setup.epoch_metrics}, **views})
             state = checkpoint_state(setup, epoch)
             sink.state(state)
             bar.set_postfix(phase=int(row[contract.PHASE]), loss=f"{row[contract.TRAIN_LOSS]:.4f}",

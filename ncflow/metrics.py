@@ -16,24 +16,30 @@ of all samples, m_c = μ_c − μ_G, W (K×d) and b the classifier:
 - flatness     (1/N) Σ_i ‖h_i‖² (Σ_j p_ij ‖w_j‖² − ‖Σ_j p_ij w_j‖²),  p_i = softmax(W h_i + b)
 - angle_mean_deg, angle_std_deg   mean and population std of the K(K−1)/2 angles ∠(m_i, m_j), i < j, in degrees
                                   (a simplex ETF: all equal to arccos(−1/(K−1)), std 0)
+- minority_collapse, minority_mean_collapse   (given the minority classes) mean pairwise cosine of their w_c, of their m_c
+
+`feature_collapse` gives nc1, nc1_pinv, nc2 and fn of features without a classifier (a hidden layer), `class_nc1`
+the per-class NC1_c = V_c / Tr Σ_B (so NC1 = Σ_c (n_c/N) NC1_c).
 
 with Σ_W = (1/N) Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ and Σ_B = (1/K) Σ_c m_c m_cᵀ.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from analysis.contract import COLLAPSE_METRIC_NAMES
+from analysis.contract import COLLAPSE_METRIC_NAMES, LAYER_METRIC_NAMES
 
 METRIC_NAMES = COLLAPSE_METRIC_NAMES  # the keys of collapse_metrics; logged as `nc/<name>`
+MINORITY_NAMES = ("minority_collapse", "minority_mean_collapse")  # collapse_metrics' keys given minority_classes
 
 _CHUNK_ELEMENTS = 1 << 18  # rows per chunk × d: 2 MiB of float64, so a chunk stays in cache between its steps
 _PINV_RCOND = 1e-15  # Σ_B⁺ keeps eigenvalues above this × the largest: np.linalg.pinv's default, as in Papyan's code
 _UNDEFINED_WITHOUT_SPREAD = frozenset({"nc1", "nc1_pinv", "nc2", "nc2_equinorm", "nc3", "ncc", "angle_mean_deg",
-                                       "angle_std_deg"})  # nan if Tr Σ_B = 0
+                                       "angle_std_deg", "minority_mean_collapse"})  # nan if Tr Σ_B = 0
 
 
 class NonFiniteFeaturesError(ValueError):
@@ -76,6 +82,7 @@ def collapse_metrics(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     num_classes: int | None = None,
+    minority_classes: Sequence[int] | None = None,
 ) -> dict[str, float]:
     """Every neural-collapse metric of `features` (N×d) with `labels` (N) under the classifier (`weight`, `bias`).
 
@@ -91,9 +98,12 @@ def collapse_metrics(
         weight: K×d classifier weight.
         bias: K classifier bias, or None for a bias-free classifier.
         num_classes: K; defaults to `weight.shape[0]` and must equal it.
+        minority_classes: under class imbalance, the minority classes (at least two): the result also holds
+            `minority_collapse` and `minority_mean_collapse` (see `_minority_collapse`).
 
     Returns:
-        A dict with a float for each name in METRIC_NAMES (definitions in the module docstring).
+        A dict with a float for each name in METRIC_NAMES (definitions in the module docstring), and the two
+        minority keys when `minority_classes` is given.
 
     Raises:
         ValueError: mismatched shapes, K < 2, non-integer or out-of-range labels, a class in range(K) with no
@@ -114,7 +124,34 @@ def collapse_metrics(
     counts = _class_counts(labels, num_classes)
     stats = _class_means(features, labels, counts)
     sums = _accumulate(features, labels, stats, weight, bias)
-    return _assemble(stats, sums, weight, features.shape[0])
+    values = {**_feature_values(stats, sums, features.shape[0]), **_classifier_values(stats, sums, weight, features.shape[0])}
+    names = METRIC_NAMES
+    if minority_classes is not None:
+        values.update(_minority_collapse(weight, stats.centred_means, minority_classes))
+        names = (*METRIC_NAMES, *MINORITY_NAMES)
+    return _as_floats(values, names, stats.centred_means)
+
+
+@torch.no_grad()
+def feature_collapse(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, float]:
+    """`nc1`, `nc1_pinv`, `nc2` and `fn` of features that have no classifier of their own (a hidden layer's output),
+    computed as in `collapse_metrics` (same passes, same float64 reductions; nan where Tr Σ_B = 0)."""
+    _check_features(features, labels)
+    labels = labels.to(device=features.device, dtype=torch.int64)
+    stats = _class_means(features, labels, _class_counts(labels, num_classes))
+    sums = _accumulate(features, labels, stats, None, None)
+    return _as_floats(_feature_values(stats, sums, features.shape[0]), LAYER_METRIC_NAMES, stats.centred_means)
+
+
+@torch.no_grad()
+def class_nc1(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
+    """Per-class NC1: NC1_c = V_c / Tr(Σ_B), V_c = (1/n_c) Σ_{i∈c} ‖h_i − μ_c‖², so that NC1 = Σ_c (n_c/N) NC1_c."""
+    _check_features(features, labels)
+    labels = labels.to(device=features.device, dtype=torch.int64)
+    stats = _class_means(features, labels, _class_counts(labels, num_classes))
+    sums = _accumulate(features, labels, stats, None, None)
+    between_trace = (stats.centred_means * stats.centred_means).sum() / num_classes
+    return (sums.within_by_class / stats.counts / between_trace).tolist()
 
 
 def _resolve_num_classes(weight: torch.Tensor, num_classes: int | None) -> int:
@@ -136,6 +173,17 @@ def _check_inputs(
     num_classes: int,
 ) -> None:
     """Shapes and dtypes of all inputs, finiteness of the classifier (the features' is checked in _class_means)."""
+    _check_features(features, labels)
+    if weight.shape[1] != features.shape[1]:
+        raise ValueError(f"weight has {weight.shape[1]} columns but features have d={features.shape[1]}")
+    if bias is not None and bias.shape != (num_classes,):
+        raise ValueError(f"bias: expected shape ({num_classes},), got {tuple(bias.shape)}")
+    if not bool(torch.isfinite(weight).all()) or (bias is not None and not bool(torch.isfinite(bias).all())):
+        raise NonFiniteFeaturesError("weight or bias contains non-finite values (NaN or inf)")
+
+
+def _check_features(features: torch.Tensor, labels: torch.Tensor) -> None:
+    """An N×d floating matrix with N > 0 and N integer labels."""
     if features.ndim != 2 or not features.is_floating_point():
         raise ValueError(f"features: expected a floating N×d matrix, got {features.dtype} {tuple(features.shape)}")
     if features.shape[0] == 0:
@@ -144,12 +192,6 @@ def _check_inputs(
         raise ValueError(f"labels: expected shape ({features.shape[0]},), got {tuple(labels.shape)}")
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise ValueError(f"labels: expected an integer tensor, got {labels.dtype}")
-    if weight.shape[1] != features.shape[1]:
-        raise ValueError(f"weight has {weight.shape[1]} columns but features have d={features.shape[1]}")
-    if bias is not None and bias.shape != (num_classes,):
-        raise ValueError(f"bias: expected shape ({num_classes},), got {tuple(bias.shape)}")
-    if not bool(torch.isfinite(weight).all()) or (bias is not None and not bool(torch.isfinite(bias).all())):
-        raise NonFiniteFeaturesError("weight or bias contains non-finite values (NaN or inf)")
 
 
 def _class_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -220,24 +262,29 @@ def _accumulate(
     features: torch.Tensor,
     labels: torch.Tensor,
     stats: _ClassStatistics,
-    weight: torch.Tensor,
+    weight: torch.Tensor | None,
     bias: torch.Tensor | None,
 ) -> _Sums:
-    """Second pass: every per-sample quantity, reduced chunk by chunk into float64 sums."""
-    num_classes = weight.shape[0]
+    """Second pass: every per-sample quantity, reduced chunk by chunk into float64 sums.
+
+    Without a classifier (`weight` None) the classifier's sums (nc4's mismatches, flatness) stay zero.
+    """
+    num_classes = stats.counts.shape[0]
     whitener = _between_class_whitener(stats.centred_means)
-    projection, offset = _decision_scores(stats, weight, bias)
-    half_spread = 0.5 * torch.cdist(weight, weight, compute_mode="donot_use_mm_for_euclid_dist").square()
+    if weight is not None:
+        projection, offset = _decision_scores(stats, weight, bias)
+        half_spread = 0.5 * torch.cdist(weight, weight, compute_mode="donot_use_mm_for_euclid_dist").square()
     sums = _Sums.zeros(num_classes, features.device)
     for rows in _row_chunks(*features.shape):
         x = features[rows].to(torch.float64, copy=True)  # copy: x is overwritten in place below
         norms = torch.linalg.vector_norm(x, dim=1)
         x -= stats.shift
-        scores = torch.addmm(offset, x, projection)
-        logits, nearest_scores = scores[:, :num_classes], scores[:, num_classes:]
-        sums.nearest_mean_mismatches.add_((logits.argmax(1) != nearest_scores.argmax(1)).sum())
         sums.norms.add_(norms.sum())
-        sums.flatness.add_((norms.square() * _weight_variance(logits, half_spread)).sum())
+        if weight is not None:
+            scores = torch.addmm(offset, x, projection)
+            logits, nearest_scores = scores[:, :num_classes], scores[:, num_classes:]
+            sums.nearest_mean_mismatches.add_((logits.argmax(1) != nearest_scores.argmax(1)).sum())
+            sums.flatness.add_((norms.square() * _weight_variance(logits, half_spread)).sum())
         membership = torch.nn.functional.one_hot(labels[rows], num_classes).to(torch.float64)
         deviations = x.addmm_(membership, stats.shifted_means, alpha=-1.0)  # h_i − μ_{y_i}, in place
         sums.within_by_class.addmv_(membership.T, torch.linalg.vector_norm(deviations, dim=1).square())
@@ -254,30 +301,60 @@ def _weight_variance(logits: torch.Tensor, half_spread: torch.Tensor) -> torch.T
     return ((probabilities @ half_spread) * probabilities).sum(1)
 
 
-def _assemble(stats: _ClassStatistics, sums: _Sums, weight: torch.Tensor, num_samples: int) -> dict[str, float]:
-    """Turn the accumulated sums into the metrics dict (one host transfer); nan where Tr Σ_B = 0 makes it undefined."""
+def _feature_values(stats: _ClassStatistics, sums: _Sums, num_samples: int) -> dict[str, torch.Tensor]:
+    """The metrics of the features alone (no classifier), as 0-dim tensors."""
     centred = stats.centred_means
-    num_classes = centred.shape[0]
-    between_trace = (centred * centred).sum() / num_classes
-    no_spread = between_trace == 0
-    nan = torch.full((), float("nan"), dtype=torch.float64, device=centred.device)
-    within_trace = sums.within_by_class.sum() / num_samples
+    between_trace = (centred * centred).sum() / centred.shape[0]
     class_variances = sums.within_by_class / stats.counts
-    values = {
-        "nc1": within_trace / between_trace,
+    return {
+        "nc1": sums.within_by_class.sum() / num_samples / between_trace,
         "nc1_pinv": sums.whitened_within / num_samples,
         "nc2": _equiangularity(centred),
         "nc2_equinorm": _equinorm(centred),
-        "nc3": 1.0 - _row_cosines(weight, centred).mean(),
-        "nc4": sums.nearest_mean_mismatches / num_samples,
         "fn": sums.norms / num_samples,
         "ncc": _class_distance_variation(stats.shifted_means, class_variances),
-        "flatness": sums.flatness / num_samples,
         **dict(zip(("angle_mean_deg", "angle_std_deg"), _pair_angles(centred))),
     }
-    guarded = {name: torch.where(no_spread, nan, value) if name in _UNDEFINED_WITHOUT_SPREAD else value
-               for name, value in values.items()}
-    return dict(zip(METRIC_NAMES, torch.stack([guarded[name] for name in METRIC_NAMES]).tolist()))
+
+
+def _classifier_values(
+    stats: _ClassStatistics, sums: _Sums, weight: torch.Tensor, num_samples: int
+) -> dict[str, torch.Tensor]:
+    """The metrics that involve the classifier, as 0-dim tensors."""
+    return {
+        "nc3": 1.0 - _row_cosines(weight, stats.centred_means).mean(),
+        "nc4": sums.nearest_mean_mismatches / num_samples,
+        "flatness": sums.flatness / num_samples,
+    }
+
+
+def _as_floats(values: dict[str, torch.Tensor], names: tuple[str, ...], centred_means: torch.Tensor) -> dict[str, float]:
+    """`names` of `values` as floats (one host transfer); nan where Tr Σ_B = 0 makes a metric undefined."""
+    no_spread = (centred_means * centred_means).sum() == 0
+    nan = torch.full((), float("nan"), dtype=torch.float64, device=centred_means.device)
+    guarded = [torch.where(no_spread, nan, values[name]) if name in _UNDEFINED_WITHOUT_SPREAD else values[name]
+               for name in names]
+    return dict(zip(names, torch.stack(guarded).tolist()))
+
+
+def _minority_collapse(
+    weight: torch.Tensor, centred_means: torch.Tensor, minority_classes: Sequence[int]
+) -> dict[str, torch.Tensor]:
+    """Minority collapse (Fang et al. 2021): the mean pairwise cosine, pairs i < j of the minority classes, of
+    their classifier rows (`minority_collapse`) and of their centred class means (`minority_mean_collapse`).
+    1 when the minority classes' rows (means) point the same way; −1/(K−1) for a simplex ETF."""
+    index = torch.as_tensor(list(minority_classes), device=weight.device)
+    if index.numel() < 2:
+        raise ValueError(f"minority_classes: need at least two classes, got {list(minority_classes)}")
+    return {"minority_collapse": _mean_pair_cosine(weight[index]),
+            "minority_mean_collapse": _mean_pair_cosine(centred_means[index])}
+
+
+def _mean_pair_cosine(rows: torch.Tensor) -> torch.Tensor:
+    """Mean of cos(r_i, r_j) over the pairs i < j of `rows`."""
+    unit = rows / rows.norm(dim=1, keepdim=True)
+    upper = torch.triu_indices(rows.shape[0], rows.shape[0], offset=1, device=rows.device)
+    return (unit @ unit.T)[upper[0], upper[1]].mean()
 
 
 def _equiangularity(centred_means: torch.Tensor) -> torch.Tensor:

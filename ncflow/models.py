@@ -7,6 +7,7 @@ The penultimate features are what the collapse metrics measure: the MLP's last a
 from __future__ import annotations
 
 import math
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +15,7 @@ from torch import Tensor, nn
 
 ACTIVATIONS = ("relu", "gelu", "tanh")
 ARCHS = ("mlp", "resnet20")
+STAGE_POOL = 2  # `--layerwise` on ResNet-20: each stage's output pooled to STAGE_POOL × STAGE_POOL
 
 # Kaiming gain per activation; torch has no gain for GELU, so it takes ReLU's (GELU ≈ ReLU for large |x|).
 KAIMING_NONLINEARITY = {"relu": "relu", "gelu": "relu", "tanh": "tanh"}
@@ -42,6 +44,16 @@ class MLP(nn.Module):
         """(logits (N, K), penultimate features (N, width))."""
         features = self.hidden(x)
         return self.head(features), features
+
+    def forward_layers(self, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """(logits, features, every hidden layer's output after its activation, layer 1 first; the last is
+        `features`)."""
+        outputs, out = [], x
+        for module in self.hidden:
+            out = module(out)
+            if isinstance(module, ACTIVATION_MODULES[self.activation]):
+                outputs.append(out)
+        return self.head(out), out, outputs
 
     def final_hidden_layer(self) -> nn.Linear:
         """The last hidden Linear, whose output (after the activation) is the penultimate feature."""
@@ -95,6 +107,17 @@ class ResNet20(nn.Module):
         out = self.stages(F.relu(self.bn(self.conv(x))))
         features = out.mean(dim=(2, 3))
         return self.head(features), features
+
+
+    def forward_layers(self, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """(logits, features, layers): each stage's output average-pooled to 2×2 and flattened (16·4, 32·4, 64·4
+        values), then the pooled vector (the features)."""
+        out, layers = F.relu(self.bn(self.conv(x))), []
+        for stage in self.stages:
+            out = stage(out)
+            layers.append(F.adaptive_avg_pool2d(out, STAGE_POOL).flatten(1))
+        features = out.mean(dim=(2, 3))
+        return self.head(features), features, [*layers, features]
 
 
 def _stage(in_channels: int, out_channels: int, stride: int, blocks: int = 3) -> nn.Sequential:
@@ -170,17 +193,33 @@ def rescale_final_hidden(model: nn.Module, alpha: float) -> None:
     layer.bias.mul_(alpha)
 
 
+def layer_count(arch: str, depth: int) -> int:
+    """How many layers `--layerwise` measures: an MLP's hidden layers, ResNet-20's three stages and pooled vector."""
+    return depth if arch == "mlp" else 4
+
+
 @torch.no_grad()
 def predict_in_chunks(model: nn.Module, x: Tensor, chunk_size: int = 4096) -> tuple[Tensor, Tensor]:
     """(logits, features) of the whole of ``x`` in eval mode, ``chunk_size`` samples at a time.
 
     The model's previous train/eval mode is restored afterwards.
     """
+    logits, features = zip(*_in_eval_mode(model, model, x, chunk_size))
+    return torch.cat(logits), torch.cat(features)
+
+
+@torch.no_grad()
+def predict_layers_in_chunks(model: nn.Module, x: Tensor, chunk_size: int = 4096) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """(logits, features, every layer's output) of the whole of ``x`` in the same eval-mode pass (`forward_layers`)."""
+    logits, features, layers = zip(*_in_eval_mode(model, model.forward_layers, x, chunk_size))
+    return torch.cat(logits), torch.cat(features), [torch.cat(layer) for layer in zip(*layers)]
+
+
+def _in_eval_mode(model: nn.Module, call: Callable[[Tensor], Any], x: Tensor, chunk_size: int) -> list[Any]:
+    """`call` on each chunk of ``x`` with the model in eval mode; its previous mode restored afterwards."""
     was_training = model.training
     model.eval()
     try:
-        outputs = [model(chunk) for chunk in x.split(chunk_size)]
+        return [call(chunk) for chunk in x.split(chunk_size)]
     finally:
         model.train(was_training)
-    logits, features = zip(*outputs)
-    return torch.cat(logits), torch.cat(features)

@@ -67,6 +67,12 @@ NAMED_SWEEPS: dict[str, Sweep] = {
     "protocol": Sweep("protocol", (Block({"protocol": ("ce-only", "two-phase")}),), MLP5_RELU),
     # Beyond the paper: the head learned as usual vs fixed to a simplex ETF (MLP-5, ReLU, λ = 1e-4).
     "etf": Sweep("etf", (Block({"classifier": ("learned", "etf")}),), {**MLP5_RELU, "weight_decay": 1e-4}),
+    # Beyond the paper: collapse through the layers of an MLP-7 (every hidden layer measured each epoch).
+    "layerwise": Sweep("layerwise", (Block({"depth": (7,)}),),
+                       {**MLP5_RELU, "weight_decay": 1e-4, "layerwise": True}),
+    # Beyond the paper: class imbalance (step profile: half the classes n_max, half n_max / ρ) and minority collapse.
+    "imbalance": Sweep("imbalance", (Block({"imbalance_ratio": (1.0, 10.0, 100.0)}),),
+                       {**MLP5_RELU, "weight_decay": 1e-4, "imbalance_profile": "step"}),
 }
 
 

@@ -13,7 +13,7 @@ import tempfile
 import time
 from contextlib import suppress
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from mlflow.entities import Param, RunTag
@@ -161,11 +161,13 @@ def load_state_file(path: Path, label: str) -> dict[str, Any]:
     return state
 
 
-def logged_epoch_rows(client: MlflowClient, run_id: str, after: int) -> dict[int, dict[str, float]]:
-    """Per-epoch rows MLflow already holds for steps > `after`, complete rows only, each with its timestamp."""
+def logged_epoch_rows(
+    client: MlflowClient, run_id: str, after: int, keys: Sequence[str] = contract.PER_EPOCH_METRICS
+) -> dict[int, dict[str, float]]:
+    """Per-epoch rows (`keys`) MLflow already holds for steps > `after`, complete rows only, each with its timestamp."""
     values: dict[int, dict[str, float]] = {}
     stamps: dict[int, int] = {}
-    for key in contract.PER_EPOCH_METRICS:
+    for key in keys:
         for metric in client.get_metric_history(run_id, key):
             if metric.step > after:
                 values.setdefault(metric.step, {})[key] = metric.value

@@ -18,9 +18,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from analysis import contract
-from ncflow import engine, run_artifacts, run_care, run_summary, tracking
+from ncflow import engine, optional_metrics, run_artifacts, run_care, run_summary, tracking
 from ncflow.config import ConfigError, RunConfig, run_name
 from ncflow.engine import Setup
+from ncflow.models import predict_in_chunks
 from ncflow.record_sink import RecordSink
 from ncflow.run_record import RunRecord, record_root
 from ncflow.shipper import STALE_AFTER_S, Shipper, parse_heartbeat
@@ -78,6 +79,7 @@ def record_results(setup: Setup, record: RunRecord, sink: RecordSink) -> dict[st
     figure = run_artifacts.dynamics_figure_png(record.run_id, setup.history, summary, setup.config)
     record.artifact_bytes(contract.DYNAMICS_FIGURE, figure)
     record_angles(setup, record)
+    record_optional(setup, record, sink)
     last = setup.history[-1] if setup.history else None
     note = run_summary.description(record.run_id, setup.config, detector.status, summary, last)
     record.tags({contract.TAG_NOTE: note})
@@ -91,6 +93,20 @@ def record_angles(setup: Setup, record: RunRecord) -> None:
     args = (classes, setup.angles_at_collapse, at_end, detector.t_nc, detector.last_epoch)
     record.artifact_bytes(contract.ANGLES_FILE, run_artifacts.angles_json(*args))
     record.artifact_bytes(contract.ANGLES_FIGURE, run_artifacts.angles_figure_png(*args, title=run_name(setup.config)))
+
+
+def record_optional(setup: Setup, record: RunRecord, sink: RecordSink) -> None:
+    """Under `--layerwise`: each layer's T_NC, layers.csv and its figure; under imbalance: class_nc1.csv."""
+    config = setup.config
+    if config.layerwise:
+        sink.summary(optional_metrics.layer_collapse_epochs(setup.history, config, setup.detector.threshold))
+        record.artifact_bytes(contract.LAYERS_FILE, optional_metrics.layers_csv(setup.history, config))
+        figure = optional_metrics.layers_figure_png(setup.history, config, run_name(config))
+        record.artifact_bytes(contract.LAYERS_FIGURE, figure)
+    if setup.minority is not None:
+        _, features = predict_in_chunks(setup.model, setup.data.train_x)
+        table = optional_metrics.class_nc1_csv(features, setup.data.train_y, setup.class_counts, setup.minority)
+        record.artifact_bytes(contract.CLASS_NC1_FILE, table)
 
 
 def note_start(setup: Setup, record: RunRecord) -> None:
@@ -117,6 +133,10 @@ def run_recorded(
     config = setup.config
     sink = RecordSink(record, config.checkpoint_every, contract.CHECKPOINT_CHOICES[config.checkpoints])
     note_start(setup, record)
+    if setup.minority is not None:
+        record.tags({contract.TAG_CLASS_COUNTS: ",".join(str(n) for n in setup.class_counts)})
+        record.artifact_bytes(contract.CLASS_COUNTS_FILE,
+                              optional_metrics.class_counts_json(setup.class_counts, config, setup.minority))
     shipper = Shipper(client, record).start()
     final_status = "FAILED"
     try:
@@ -200,7 +220,9 @@ def refuse_live_run(run: Any, record: RunRecord) -> None:
         )
 
 
-def resume_state(client: MlflowClient, run_id: str, root: Path) -> tuple[RunRecord, dict[str, Any], dict[int, Any]]:
+def resume_state(
+    client: MlflowClient, run_id: str, root: Path, config: RunConfig
+) -> tuple[RunRecord, dict[str, Any], dict[int, Any]]:
     """The record to continue in, the newest resume state, and the rows already logged after it."""
     local = RunRecord(root / run_id)
     if local.state_path.exists():
@@ -219,7 +241,8 @@ def resume_state(client: MlflowClient, run_id: str, root: Path) -> tuple[RunReco
     except ValueError as error:
         raise ConfigError(f"resume: {error}") from None
     record = RunRecord.create(root, run_id, {"tracking_uri": client.tracking_uri})
-    return record, state, tracking.logged_epoch_rows(client, run_id, after=int(state["epoch"]))
+    keys = (*contract.PER_EPOCH_METRICS, *optional_metrics.optional_metric_names(config))
+    return record, state, tracking.logged_epoch_rows(client, run_id, after=int(state["epoch"]), keys=keys)
 
 
 def resume(
@@ -247,8 +270,8 @@ def resume(
         raise ConfigError(f"resume: run {run_id} is FINISHED; --force continues it anyway")
     root = record_root(record_dir)
     refuse_live_run(run, RunRecord(root / run_id))
-    record, state, recorded = resume_state(client, run_id, root)
     config = tracking.config_of_run(client, run_id)
+    record, state, recorded = resume_state(client, run_id, root, config)
     setup = engine.prepare(config.replace(init_from="none", rescale_alpha=1.0), run.data.metrics.get(contract.FN_REF))
     setup.config = config
     engine.restore(setup, state, recorded)

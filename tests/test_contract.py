@@ -27,8 +27,12 @@ def contract_names() -> set[str]:
     names.update(contract.t_nc_at(eps) for eps in contract.EXTRA_THRESHOLDS)
     names.update(contract.fn_star_at(eps) for eps in contract.EXTRA_THRESHOLDS)
     names.update(contract.checkpoint_path(name) for name in contract.CHECKPOINTS)
+    # Per-layer names, as the docs write them (`<l>` the layer).
+    names.update(contract.layer_metric("<l>", name) for name in contract.LAYER_METRIC_NAMES)  # type: ignore[arg-type]
+    names.add(contract.layer_t_nc("<l>"))  # type: ignore[arg-type]
     # Parts of names, not names: prefixes, the directory, the metric names before their `nc/` prefix.
-    parts = {contract.NC_PREFIX, contract.VIEW_PREFIX, *contract.SUMMARY_PREFIXES, contract.CHECKPOINT_DIR, *contract.COLLAPSE_METRIC_NAMES}
+    parts = {contract.NC_PREFIX, contract.VIEW_PREFIX, *contract.SUMMARY_PREFIXES, contract.CHECKPOINT_DIR,
+             *contract.COLLAPSE_METRIC_NAMES, contract.LAYER_PREFIX}
     return names - parts
 
 
