@@ -53,6 +53,13 @@ RESUME_OPTIONS = ("tracking_uri",)
 )
 @click.option("--force", is_flag=True, help="With --resume: continue a FINISHED run too.")
 @click.option(
+    "--seeds",
+    default=None,
+    metavar="0,1,2",
+    help="Train these seeds together in one process (a pack: batched on the GPU for MLPs), one MLflow run each, "
+    "each the same as the standalone run of its seed; replaces --seed.",
+)
+@click.option(
     "--ship-timeout",
     type=click.FloatRange(min=0),
     default=60.0,
@@ -69,7 +76,7 @@ RESUME_OPTIONS = ("tracking_uri",)
 )
 @config_options
 def train(
-    preset: str | None, quiet: bool, resume_run_id: str | None, force: bool, ship_timeout: float,
+    preset: str | None, quiet: bool, resume_run_id: str | None, force: bool, seeds: str | None, ship_timeout: float,
     record_dir: str | None, **options: str | None,
 ) -> None:
     """Train one condition (Phase 1 CE → Phase 2 MSE) and log every epoch's collapse metrics to MLflow.
@@ -82,6 +89,7 @@ def train(
       ncflow train --depth 3 --phase2-epochs 200
       ncflow train --preset paper-mnist-mlp --dataset mnist-5k --seed 1
       ncflow train --resume RUN_ID
+      ncflow train --preset paper-mnist-mlp --dataset mnist-5k --seeds 0,1,2
     """
     require_training_stack("train")
     from ncflow import tracking
@@ -93,6 +101,8 @@ def train(
             extra = [option_name(name) for name, value in options.items() if value is not None and name not in RESUME_OPTIONS]
             if preset:
                 extra.insert(0, "--preset")
+            if seeds is not None:
+                extra.append("--seeds")
             if extra:
                 raise ConfigError(f"resume: takes no training options (the run's own are used); got {', '.join(extra)}")
             result = training.resume(
@@ -103,14 +113,34 @@ def train(
             if force:
                 raise ConfigError("force: only applies with --resume RUN_ID")
             config = build_config(preset, {name: value for name, value in options.items() if value is not None})
-            result = training.train(config, progress=not quiet, record_dir=record_dir, ship_timeout_s=ship_timeout)
+            if seeds is not None:
+                results = train_seeds(config, seeds, options.get("seed"), not quiet, record_dir, ship_timeout)
+            else:
+                results = [training.train(config, progress=not quiet, record_dir=record_dir,
+                                          ship_timeout_s=ship_timeout)]
     except ConfigError as error:
         tracking.fail_adopted_run(str(error))
         raise InputError(str(error)) from None
     from ncflow.run_summary import end_message
 
-    if result.place is not None:
-        click.echo("\n".join(end_message(result.place, result.status, result.t_nc, result.fn_star)))
+    for result in results:
+        if result.place is not None:
+            click.echo("\n".join(end_message(result.place, result.status, result.t_nc, result.fn_star)))
+
+
+def train_seeds(config: Any, seeds: str, seed: str | None, progress: bool, record_dir: str | None,
+                ship_timeout: float) -> list[Any]:
+    """`ncflow train --seeds 0,1,2`: one pack, one run per seed."""
+    from ncflow.pack_train import train_pack
+    from ncflow.sweep_grids import parse_seeds
+
+    if seed is not None:
+        raise ConfigError("seeds: give --seeds or --seed, not both")
+    chosen = parse_seeds(seeds) or ()
+    if not chosen:
+        raise ConfigError(f"seeds: expected comma-separated integers like 0,1,2, got {seeds!r}")
+    configs = [config.replace(seed=member) for member in chosen]
+    return train_pack(configs, progress=progress, record_dir=record_dir, ship_timeout_s=ship_timeout)
 
 
 @main.command()

@@ -13,7 +13,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -308,12 +308,20 @@ def should_stop(setup: Setup, epoch: int) -> bool:
     return False
 
 
-def epoch_row(setup: Setup, epoch: int) -> dict[str, float]:
-    """Train one epoch and measure it: the epoch's row (a kept row replaces it when the epoch is a replay)."""
+def epoch_row(setup: Setup, epoch: int, train: Callable[[Setup, int], float] | None = None) -> dict[str, float]:
+    """Train one epoch and measure it: the epoch's row (a kept row replaces it when the epoch is a replay).
+
+    `train`: the epoch's training pass, `train_one_epoch` unless given (a pack trains its members together and
+    hands each member's loss in)."""
     started = time.perf_counter()
     phase = setup.config.phase_of(epoch)
     lr = setup.optimizer.param_groups[0]["lr"]
-    loss = train_one_epoch(setup, phase)
+    loss = (train or train_one_epoch)(setup, phase)
+    return finish_row(setup, epoch, phase, lr, loss, started)
+
+
+def finish_row(setup: Setup, epoch: int, phase: int, lr: float, loss: float, started: float) -> dict[str, float]:
+    """The rest of an epoch after its training pass: the schedule step and the measurement, as the epoch's row."""
     setup.scheduler.step()
     measured = measure_epoch(setup)
     row = {contract.TRAIN_LOSS: loss, **measured, contract.LR: lr, contract.PHASE: float(phase)}
@@ -321,40 +329,55 @@ def epoch_row(setup: Setup, epoch: int) -> dict[str, float]:
     return {contract.HISTORY_EPOCH: float(epoch), **row}
 
 
-def run_epochs(setup: Setup, sink: Sink, progress: bool) -> None:
-    """The loop: train, measure, detect, emit; checkpoints at the phase switch and at collapse.
+def already_stopped(setup: Setup) -> bool:
+    """Resumed after the run had already stopped (collapse + stop_after_collapse, or divergence)."""
+    return bool(setup.history) and should_stop(setup, setup.start_epoch - 1)
+
+
+def record_epoch(setup: Setup, sink: Sink, epoch: int, row: dict[str, float]) -> bool:
+    """Detect and emit one epoch's row; checkpoints at the phase switch and at collapse. True when the run stops.
 
     The resume state goes to the sink after every epoch; the sink decides how often to keep it.
     """
     config, detector = setup.config, setup.detector
-    if setup.history and should_stop(setup, setup.start_epoch - 1):  # resumed after the run had already stopped
+    kept = setup.recorded.pop(epoch, None)
+    if kept is not None:  # a replayed epoch: its row is already logged
+        # (a row logged before a metric existed keeps the recomputed value of that metric)
+        row = {contract.HISTORY_EPOCH: float(epoch), **{k: kept.get(k, row[k]) for k in setup.epoch_metrics}}
+    events = update_detector(setup, row)
+    setup.history.append(row)
+    if kept is None:
+        views = view_metrics(row[contract.NC1], row[contract.FN], detector.threshold)
+        sink.epoch(epoch, {**{k: row[k] for k in setup.epoch_metrics}, **views})
+    state = checkpoint_state(setup, epoch)
+    sink.state(state)
+    if events:  # T_NC, fn*, T_cross are logged as soon as they are known, not only at the end
+        sink.summary(detector.summary_metrics())
+    if "collapsed" in events:
+        sink.checkpoint(contract.CHECKPOINT_COLLAPSE, state)
+        setup.angles_at_collapse = training_set_angles(setup)
+    if config.protocol == "two-phase" and epoch == config.phase1_epochs:
+        sink.checkpoint(contract.CHECKPOINT_PHASE1_END, state)
+    return should_stop(setup, epoch)
+
+
+def progress_fields(row: Mapping[str, float]) -> dict[str, Any]:
+    return {"phase": int(row[contract.PHASE]), "loss": f"{row[contract.TRAIN_LOSS]:.4f}",
+            "nc1": f"{row[contract.NC1]:.4f}", "fn": f"{row[contract.FN]:.3f}"}
+
+
+def run_epochs(setup: Setup, sink: Sink, progress: bool) -> None:
+    """The loop: train, measure, detect, emit (`record_epoch`), until the last epoch or a stop."""
+    if already_stopped(setup):
         return
-    bar = tqdm(range(setup.start_epoch, config.total_epochs + 1), desc=run_name(config), disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(range(setup.start_epoch, setup.config.total_epochs + 1), desc=run_name(setup.config),
+               disable=not progress, dynamic_ncols=True)
     try:
         for epoch in bar:
             row = epoch_row(setup, epoch)
-            kept = setup.recorded.pop(epoch, None)
-            if kept is not None:  # a replayed epoch: its row is already logged
-                # (a row logged before a metric existed keeps the recomputed value of that metric)
-                row = {contract.HISTORY_EPOCH: float(epoch), **{k: kept.get(k, row[k]) for k in setup.epoch_metrics}}
-            events = update_detector(setup, row)
-            setup.history.append(row)
-            if kept is None:
-                views = view_metrics(row[contract.NC1], row[contract.FN], detector.threshold)
-                sink.epoch(epoch, {**{k: row[k] for k in setup.epoch_metrics}, **views})
-            state = checkpoint_state(setup, epoch)
-            sink.state(state)
-            bar.set_postfix(phase=int(row[contract.PHASE]), loss=f"{row[contract.TRAIN_LOSS]:.4f}",
-                            nc1=f"{row[contract.NC1]:.4f}", fn=f"{row[contract.FN]:.3f}")
-            if events:  # T_NC, fn*, T_cross are logged as soon as they are known, not only at the end
-                sink.summary(detector.summary_metrics())
-            if "collapsed" in events:
-                sink.checkpoint(contract.CHECKPOINT_COLLAPSE, state)
-                setup.angles_at_collapse = training_set_angles(setup)
-            if config.protocol == "two-phase" and epoch == config.phase1_epochs:
-                sink.checkpoint(contract.CHECKPOINT_PHASE1_END, state)
-            if should_stop(setup, epoch):
+            stop = record_epoch(setup, sink, epoch, row)
+            bar.set_postfix(**progress_fields(setup.history[-1]))
+            if stop:
                 break
     finally:
         bar.close()

@@ -55,6 +55,10 @@ class MLP(nn.Module):
                 outputs.append(out)
         return self.head(out), out, outputs
 
+    def linear_layers(self) -> list[nn.Linear]:
+        """Every Linear in forward order: the hidden ones, then the head."""
+        return [module for module in self.hidden if isinstance(module, nn.Linear)] + [self.head]
+
     def final_hidden_layer(self) -> nn.Linear:
         """The last hidden Linear, whose output (after the activation) is the penultimate feature."""
         return [module for module in self.hidden if isinstance(module, nn.Linear)][-1]

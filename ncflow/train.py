@@ -124,52 +124,88 @@ def place_of(client: MlflowClient, run_id: str) -> run_summary.RunPlace:
                                 client.tracking_uri, run.info.artifact_uri)
 
 
+@dataclass
+class RecordedRun:
+    """One open MLflow run while it trains: its setup, local record, sink and shipper (see `run_recorded`).
+
+    The steps are separate so a pack (ncflow.pack_train) can hold several at once."""
+
+    setup: Setup
+    client: MlflowClient
+    record: RunRecord
+    place: run_summary.RunPlace | None
+    sink: RecordSink = field(init=False)
+    shipper: Shipper = field(init=False)
+    summary: dict[str, float] = field(default_factory=dict)
+    final_status: str = "FAILED"
+
+    def begin(self) -> RecordedRun:
+        """The sink, the starting description (and class counts), the shipper, the intervention's summary."""
+        setup, record, config = self.setup, self.record, self.setup.config
+        self.sink = RecordSink(record, config.checkpoint_every, contract.CHECKPOINT_CHOICES[config.checkpoints])
+        note_start(setup, record)
+        if setup.minority is not None:
+            record.tags({contract.TAG_CLASS_COUNTS: ",".join(str(n) for n in setup.class_counts)})
+            record.artifact_bytes(contract.CLASS_COUNTS_FILE,
+                                  optional_metrics.class_counts_json(setup.class_counts, config, setup.minority))
+        self.shipper = Shipper(self.client, record).start()
+        self.sink.summary(setup.intervention)
+        return self
+
+    def finish(self) -> None:
+        """After the last epoch (the sink closed): the summary, the files, FINISHED."""
+        self.summary = record_results(self.setup, self.record, self.sink)
+        self.final_status = "FINISHED"
+
+    def fail(self, error: BaseException) -> None:
+        """FAILED (an exception) or KILLED (Ctrl-C, SIGTERM, SIGHUP), with the reason (the sink closed: the resume
+        state of the last finished epoch is kept)."""
+        interrupted = isinstance(error, KeyboardInterrupt)
+        reason = interruption_reason(error) if interrupted else f"{type(error).__name__}: {error}"
+        self.record.tags({
+            contract.TAG_STATUS: contract.STATUS_FAILED, contract.TAG_FAIL_REASON: reason[:5000],
+            contract.TAG_NOTE: f"**failed** after epoch {self.setup.detector.last_epoch or 0}: {reason[:2000]}\n\n"
+                               f"Continue it with `ncflow train --resume {self.record.run_id}`."})
+        self.final_status = "KILLED" if interrupted else "FAILED"
+
+    def close(self, ship_timeout_s: float | None) -> TrainResult:
+        """The MLflow status, the last shipping, the record released; what the run reports back."""
+        record = self.record
+        record.status(self.final_status)
+        unshipped = self.shipper.close(ship_timeout_s)
+        record.close()
+        record.release()
+        if unshipped:
+            print(
+                f"ncflow: MLflow at {self.client.tracking_uri} did not take {unshipped} journal entries of run "
+                f"{record.run_id}; they are kept in {record.directory} — `ncflow sync` sends them",
+                file=sys.stderr,
+            )
+        detector = self.setup.detector
+        return TrainResult(record.run_id, detector.status, detector.t_nc, detector.fn_star, self.summary,
+                           self.setup.history, unshipped, str(record.directory), self.place)
+
+
 def run_recorded(
     setup: Setup, client: MlflowClient, record: RunRecord, progress: bool, ship_timeout_s: float | None,
     place: run_summary.RunPlace | None = None,
 ) -> TrainResult:
     """The loop inside an open run. Any exception, Ctrl-C, SIGTERM or SIGHUP leaves the run FAILED/KILLED
     with its reason and a resumable state; what MLflow has not taken yet stays in the record."""
-    config = setup.config
-    sink = RecordSink(record, config.checkpoint_every, contract.CHECKPOINT_CHOICES[config.checkpoints])
-    note_start(setup, record)
-    if setup.minority is not None:
-        record.tags({contract.TAG_CLASS_COUNTS: ",".join(str(n) for n in setup.class_counts)})
-        record.artifact_bytes(contract.CLASS_COUNTS_FILE,
-                              optional_metrics.class_counts_json(setup.class_counts, config, setup.minority))
-    shipper = Shipper(client, record).start()
-    final_status = "FAILED"
+    run = RecordedRun(setup, client, record, place).begin()
     try:
         with termination_as_interrupt():
             try:
-                sink.summary(setup.intervention)
-                engine.run_epochs(setup, sink, progress)
+                engine.run_epochs(setup, run.sink, progress)
             finally:
-                sink.close()  # the last finished epoch's state and last.pt, also after a crash
-            summary = record_results(setup, record, sink)
-            final_status = "FINISHED"
+                run.sink.close()  # the last finished epoch's state and last.pt, also after a crash
+            run.finish()
     except BaseException as error:  # KeyboardInterrupt and SystemExit too: the run must not stay RUNNING
-        interrupted = isinstance(error, KeyboardInterrupt)
-        reason = interruption_reason(error) if interrupted else f"{type(error).__name__}: {error}"
-        record.tags({contract.TAG_STATUS: contract.STATUS_FAILED, contract.TAG_FAIL_REASON: reason[:5000],
-                     contract.TAG_NOTE: f"**failed** after epoch {setup.detector.last_epoch or 0}: {reason[:2000]}\n\n"
-                                        f"Continue it with `ncflow train --resume {record.run_id}`."})
-        final_status = "KILLED" if interrupted else "FAILED"
+        run.fail(error)
         raise
     finally:
-        record.status(final_status)
-        unshipped = shipper.close(ship_timeout_s)
-        record.close()
-        record.release()
-        if unshipped:
-            print(
-                f"ncflow: MLflow at {client.tracking_uri} did not take {unshipped} journal entries of run "
-                f"{record.run_id}; they are kept in {record.directory} — `ncflow sync` sends them",
-                file=sys.stderr,
-            )
-    detector = setup.detector
-    return TrainResult(record.run_id, detector.status, detector.t_nc, detector.fn_star, summary, setup.history,
-                       unshipped, str(record.directory), place)
+        result = run.close(ship_timeout_s)
+    return result
 
 
 def train(
@@ -185,17 +221,32 @@ def train(
     """Train one condition and track it in MLflow. Bad input raises ConfigError before a run exists."""
     client = tracking.client_for(config)
     config = tracking.with_adopted_experiment(client, config)
+    setup = prepared(client, config)
+    root = record_root(record_dir)
+    run_care.sync_in_background(root, client.tracking_uri)  # earlier runs' leftovers for this store
+    record, place = opened(client, config, root, sweep, parent_run_id, extra_tags)
+    return run_recorded(setup, client, record, progress, ship_timeout_s, place)
+
+
+def prepared(client: MlflowClient, config: RunConfig) -> Setup:
+    """The engine's set-up, started from the Phase-1 source for an intervention (ConfigError before any run)."""
     if config.init_from != "none":
         tracking.require_run(client, config.init_from, "init_from")
     setup = engine.prepare(config, resolve_fn_ref(client, config))
     if config.init_from != "none":
         engine.start_from_phase1(setup, load_phase1_source(client, config.init_from), config.init_from)
-    root = record_root(record_dir)
-    run_care.sync_in_background(root, client.tracking_uri)  # earlier runs' leftovers for this store
+    return setup
+
+
+def opened(
+    client: MlflowClient, config: RunConfig, root: Path, sweep: str | None, parent_run_id: str | None,
+    extra_tags: Mapping[str, str] | None,
+) -> tuple[RunRecord, run_summary.RunPlace]:
+    """A new MLflow run (adopted under `mlflow run`) and its local record."""
     run_id = tracking.open_run(client, config, sweep=sweep, parent_run_id=parent_run_id, extra_tags=extra_tags)
     place = place_of(client, run_id)  # read now: the store may be down when the run ends
     record = RunRecord.create(root, run_id, {"tracking_uri": client.tracking_uri, "experiment": config.experiment})
-    return run_recorded(setup, client, record, progress, ship_timeout_s, place)
+    return record, place
 
 
 # ------------------------------------------------------------------------------------------------ resume

@@ -1,0 +1,162 @@
+"""Packs: every member trains exactly as the standalone run of its seed, and lands in MLflow as that run would."""
+
+import pytest
+import torch
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from analysis import contract
+from ncflow import engine, pack
+from ncflow import train as training
+from ncflow.cli import main
+from ncflow.config import ConfigError, build_config
+from ncflow.pack_train import train_pack
+
+SMALL = {"dataset": "synthetic", "synthetic_classes": "4", "synthetic_shape": "1x4x4", "synthetic_per_class": "16",
+         "depth": "3", "width": "32", "batch_size": "12", "phase1_epochs": "5", "phase2_epochs": "5"}
+# Members differ in what a pack allows: seed, weight decay, learning rate.
+MEMBERS = (("0", "1e-4", "1e-3"), ("1", "5e-4", "2e-3"), ("2", "0", "1e-3"))
+TINY = ["--depth", "2", "--width", "64", "--phase1-epochs", "2", "--phase2-epochs", "2"]
+
+
+def configs(**changes: str):
+    return [build_config(None, {**SMALL, "seed": seed, "weight_decay": wd, "lr": lr, **changes}) for seed, wd, lr in MEMBERS]
+
+
+def standalone_history(config) -> list[dict[str, float]]:
+    setup = engine.prepare(config)
+    engine.run_epochs(setup, engine.NullSink(), progress=False)
+    return setup.history
+
+
+def packed_histories(member_configs) -> list[list[dict[str, float]]]:
+    members = [engine.prepare(config) for config in member_configs]
+    pack.share_data(members)
+    pack.run_pack(members, [engine.NullSink()] * len(members), progress=False)
+    return [member.history for member in members]
+
+
+def worst_relative_difference(first: list[dict[str, float]], second: list[dict[str, float]]) -> float:
+    assert [row["epoch"] for row in first] == [row["epoch"] for row in second]
+    worst = 0.0
+    for left, right in zip(first, second):
+        assert left.keys() == right.keys()
+        for key in left.keys() - {contract.EPOCH_TIME}:
+            worst = max(worst, abs(left[key] - right[key]) / max(abs(left[key]), 1e-12))
+    return worst
+
+
+@pytest.fixture
+def float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def test_mlp_members_equal_their_standalone_runs_in_float64(float64):
+    member_configs = configs()
+    for history, config in zip(packed_histories(member_configs), member_configs):
+        assert len(history) == 10
+        assert worst_relative_difference(history, standalone_history(config)) < 1e-9
+
+
+def test_resnet20_members_equal_their_standalone_runs_in_float64(float64):
+    member_configs = configs(arch="resnet20", synthetic_shape="3x8x8", optimizer="sgd", phase1_epochs="2",
+                             phase2_epochs="1")
+    for history, config in zip(packed_histories(member_configs), member_configs):
+        assert len(history) == 3
+        assert worst_relative_difference(history, standalone_history(config)) < 1e-9
+
+
+def test_mlp_members_equal_their_standalone_runs_in_float32():
+    member_configs = configs(phase1_epochs="2", phase2_epochs="1")
+    for history, config in zip(packed_histories(member_configs), member_configs):
+        assert worst_relative_difference(history, standalone_history(config)) < 1e-4
+
+
+def test_packed_logits_are_each_members_own():
+    members = [engine.prepare(config) for config in configs()]
+    inputs = torch.stack([member.data.train_x[:5].flatten(1) for member in members])
+    logits = pack.packed_mlp_logits([member.model for member in members], inputs)
+    for member, member_logits in zip(members, logits):
+        assert torch.allclose(member_logits, member.model(member.data.train_x[:5])[0], atol=1e-6)
+
+
+def test_members_that_cannot_share_a_pack_are_refused():
+    with pytest.raises(ConfigError, match=r"^seeds: the members of a pack must share depth; got 3 and 5$"):
+        pack.check_packable([build_config(None, SMALL), build_config(None, {**SMALL, "depth": "5"})])
+    pack.check_packable(configs())  # seed, λ and lr may differ
+
+
+def test_train_seeds_makes_one_run_per_seed_like_a_standalone_run(cli_store: str, tmp_path):
+    result = CliRunner().invoke(main, ["train", "--quiet", *TINY, "--seeds", "0,1"])
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(cli_store)
+    experiment = client.get_experiment_by_name("ncflow").experiment_id
+    packed = {run.info.run_name: run for run in client.search_runs([experiment])}
+    assert sorted(packed) == ["mlp2-relu-w64-wd2e-04-digits-s0", "mlp2-relu-w64-wd2e-04-digits-s1"]
+    alone_uri = f"sqlite:///{tmp_path / 'alone.db'}"
+    result = CliRunner().invoke(main, ["train", "--quiet", *TINY, "--seed", "1", "--tracking-uri", alone_uri])
+    assert result.exit_code == 0, result.output
+    alone_client = MlflowClient(alone_uri)
+    (alone,) = alone_client.search_runs([alone_client.get_experiment_by_name("ncflow").experiment_id])
+    member = packed[alone.info.run_name]
+    assert member.info.status == alone.info.status == "FINISHED"
+    differing = {"tracking_uri"}  # the only param that names where the run went
+    assert {k: v for k, v in member.data.params.items() if k not in differing} == \
+        {k: v for k, v in alone.data.params.items() if k not in differing}
+    stable_tags = (contract.TAG_KIND, contract.TAG_CONDITION, contract.TAG_STATUS, contract.TAG_RUN_NAME)
+    assert {t: member.data.tags[t] for t in stable_tags} == {t: alone.data.tags[t] for t in stable_tags}
+    assert member.data.metrics.keys() == alone.data.metrics.keys()
+    for key in (*contract.PER_EPOCH_METRICS, *member.data.metrics.keys()):
+        if key == contract.EPOCH_TIME:
+            continue
+        ours = [m.value for m in sorted(client.get_metric_history(member.info.run_id, key), key=lambda m: m.step)]
+        theirs = [m.value for m in sorted(alone_client.get_metric_history(alone.info.run_id, key), key=lambda m: m.step)]
+        assert ours == pytest.approx(theirs, rel=1e-4, abs=1e-7), key
+    def artifacts(c, run_id, path=None):
+        return sorted(a.path for a in c.list_artifacts(run_id, path))
+    assert artifacts(client, member.info.run_id) == artifacts(alone_client, alone.info.run_id)
+    assert artifacts(client, member.info.run_id, "checkpoints") == artifacts(alone_client, alone.info.run_id, "checkpoints")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seeds", "0,1", "--seed", "2"], "seeds: give --seeds or --seed, not both"),
+    (["--seeds", "zero"], "--seeds: expected comma-separated integers like 0,1,2, got 'zero'"),
+])
+def test_bad_seeds_are_one_line_before_any_run(cli_store: str, args, message):
+    result = CliRunner().invoke(main, ["train", "--quiet", *TINY, *args])
+    assert result.exit_code == 2 and result.output.strip().endswith(f"Error: {message}"), result.output
+    experiment = MlflowClient(cli_store).get_experiment_by_name("ncflow")
+    assert experiment is None or MlflowClient(cli_store).search_runs([experiment.experiment_id]) == []
+
+
+def test_a_crashed_pack_leaves_every_member_resumable_alone(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    measure, calls = engine.measure_epoch, {"n": 0}
+
+    def measure_then_crash(setup):
+        calls["n"] += 1
+        if calls["n"] == 3 * 4 + 2:  # epoch 5, second member
+            raise RuntimeError("simulated crash")
+        return measure(setup)
+
+    monkeypatch.setattr(engine, "measure_epoch", measure_then_crash)
+    member_configs = configs(tracking_uri=store, checkpoint_every="1", phase1_epochs="3", phase2_epochs="3")
+    with pytest.raises(RuntimeError, match="simulated"):
+        train_pack(member_configs, progress=False, record_dir=tmp_path / "records")
+    monkeypatch.setattr(engine, "measure_epoch", measure)
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("ncflow").experiment_id])
+    assert sorted(run.info.status for run in runs) == ["FAILED"] * 3
+    assert {run.data.tags[contract.TAG_FAIL_REASON] for run in runs} == {"RuntimeError: simulated crash"}
+    by_seed = {run.data.params["seed"]: run.info.run_id for run in runs}
+    resumed = training.resume(by_seed["1"], tracking_uri=store, progress=False, record_dir=tmp_path / "records")
+    alone = training.train(member_configs[1].replace(tracking_uri=f"sqlite:///{tmp_path / 'alone.db'}"),
+                           progress=False, record_dir=tmp_path / "records")
+    assert [row["epoch"] for row in resumed.history] == [1, 2, 3, 4, 5, 6]
+    assert worst_relative_difference(resumed.history, alone.history) < 1e-4
+    steps = [m.step for m in client.get_metric_history(by_seed["1"], contract.NC1)]
+    assert sorted(steps) == [1, 2, 3, 4, 5, 6]  # each epoch once
