@@ -195,6 +195,14 @@ def sync(tracking_uri: str | None, record_dir: str | None) -> None:
         click.echo(f"run {record.run_id}: {state}")
 
 
+def parse_pack(raw: str) -> str:
+    """`--pack`: a whole number >= 1 or `auto` (resolved by each worker on its device)."""
+    value = raw.strip().lower()
+    if value != "auto" and not (value.isdigit() and int(value) >= 1):
+        raise ConfigError(f"pack: expected a whole number >= 1 or auto, got {raw!r}")
+    return value
+
+
 @main.command()
 @click.argument("name", required=False)
 @click.option("--workers", type=WholeNumber(), default=1, show_default=True, metavar="INTEGER", help="Worker processes on this machine (the cores are split between them).")
@@ -206,6 +214,7 @@ def sync(tracking_uri: str | None, record_dir: str | None) -> None:
 @click.option("--spec", type=click.Path(exists=True, dir_okay=False), default=None, help="A YAML or JSON sweep: name, preset, fixed, grid, seeds.")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else MLflow's default).")
 @click.option("--experiment", default=None, help="MLflow experiment (default: the MLFLOW_RUN_ID run's, else ncflow).")
+@click.option("--pack", default="1", show_default=True, metavar="N|auto", help="Train up to N points that share a model shape together in each worker (one MLflow run each; batched on the GPU); auto: up to 16 on CUDA, 1 on the CPU.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def sweep(
     name: str | None,
@@ -218,6 +227,7 @@ def sweep(
     spec: str | None,
     tracking_uri: str | None,
     experiment: str | None,
+    pack: str,
     quiet: bool,
 ) -> None:
     """Run the named sweep NAME (depth, activation, weight-decay, width, grid, intervention, protocol; beyond the paper: etf, layerwise, imbalance) exactly once per point.
@@ -228,6 +238,7 @@ def sweep(
     Examples:
       ncflow sweep depth --dry-run
       ncflow sweep depth --dataset mnist-5k --workers 2 --set phase1_epochs=20,phase2_epochs=80
+      ncflow sweep depth --pack auto
     """
     require_training_stack("sweep")
     from analysis.mlflow_env import resolve_tracking_uri
@@ -245,7 +256,8 @@ def sweep(
         overrides["experiment"] = experiment or sweeps.default_experiment(uri)
         overrides["tracking_uri"] = uri
         points = resolve_points(definition, overrides)
-        run = sweeps.SweepRun(definition, overrides, storage_url(storage), uri, overrides["experiment"], workers, not quiet)
+        run = sweeps.SweepRun(definition, overrides, storage_url(storage), uri, overrides["experiment"], workers,
+                              not quiet, parse_pack(pack))
         storage_kind(run.storage)
     except ConfigError as error:
         raise InputError(str(error)) from None

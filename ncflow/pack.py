@@ -43,6 +43,19 @@ ACTIVATION_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+AUTO_PACK_CUDA = 16  # `--pack auto` on CUDA: at most this many members …
+AUTO_PACK_MEMBER_BYTES = 256 << 20  # … and one per 256 MiB of free device memory (the paper's models need less)
+
+
+def auto_pack_size(device: torch.device) -> int:
+    """`--pack auto`: 1 on the CPU (compute-bound: packing gains nothing there); on CUDA up to AUTO_PACK_CUDA,
+    bounded by the free device memory."""
+    if device.type != "cuda":
+        return 1
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, min(AUTO_PACK_CUDA, free // AUTO_PACK_MEMBER_BYTES))
+
+
 def pack_key(config: RunConfig) -> tuple[str, ...]:
     """Configs with equal keys can share a pack (an intervention only with other interventions)."""
     params = config.as_params()

@@ -11,12 +11,13 @@ exits when nothing is left that could run.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import optuna
 from mlflow.tracking import MlflowClient
@@ -25,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from analysis.contract import STATUS_FAILED, TAG_TRIAL
 from analysis.mlflow_env import ADOPTED_RUN_VARIABLE
-from ncflow.config import build_config
+from ncflow.config import RunConfig, build_config
 from ncflow.signals import interruption_reason, termination_as_interrupt
 from ncflow.sweep_liveness import Heartbeat, Owner, is_stale, record_owner
 from ncflow.sweep_runs import finished_result, kill_runs, running_runs, trial_tag
@@ -60,6 +61,7 @@ class WorkerArgs:
     local: dict[str, str] = field(default_factory=dict)  # machine-local fields: tracking_uri, data_dir, device
     threads: int = 1
     lock_retries: int = 2  # extra attempts at a point whose training met "database is locked"
+    pack: str = "1"  # points trained together in one pack (ncflow.pack): a whole number, or `auto`
 
 
 @dataclass(frozen=True)
@@ -94,14 +96,19 @@ def _take(storage: BaseStorage, study_name: str, trial: FrozenTrial, owner: Owne
     return taken
 
 
-def claim_next(storage: BaseStorage, url: str, studies: list[str], owner: Owner) -> tuple[Claim | None, bool]:
+def claim_next(
+    storage: BaseStorage, url: str, studies: list[str], owner: Owner, size: int = 1,
+    fits: Callable[[Claim, Claim], bool] | None = None,
+) -> tuple[list[Claim], bool]:
     """Atomically take the oldest WAITING trial (studies in order) whose point no RUNNING trial holds and whose
-    prerequisite, if any, completed. Also says whether some trial still waits for a pending prerequisite."""
+    prerequisite, if any, completed — and, up to `size` in all, the next such trials of the same study that
+    `fits(first, other)` (can share its pack). Also says whether some trial still waits for a pending prerequisite."""
     pending = False
     for name in studies:
         with sweep_lock(url, name):
             trials = study_trials(storage, name)
             busy = {t.user_attrs.get(ATTR_POINT) for t in trials if t.state == TrialState.RUNNING}
+            taken: list[Claim] = []
             for trial in sorted(trials, key=lambda t: t.number):
                 key = trial.user_attrs.get(ATTR_POINT)
                 if trial.state != TrialState.WAITING or key is None or key in busy:
@@ -112,10 +119,18 @@ def claim_next(storage: BaseStorage, url: str, studies: list[str], owner: Owner)
                     if state != "met":
                         pending = pending or state == "pending"
                         continue
-                taken = _take(storage, name, trial, owner)
-                if taken is not None:
-                    return Claim(name, taken, trial.number, PointTask.from_attrs(trial.user_attrs), init_from), pending
-    return None, pending
+                candidate = Claim(name, -1, trial.number, PointTask.from_attrs(trial.user_attrs), init_from)
+                if taken and (fits is None or not fits(taken[0], candidate)):
+                    continue
+                got = _take(storage, name, trial, owner)
+                if got is not None:
+                    taken.append(dataclasses.replace(candidate, trial_id=got))
+                    busy.add(key)
+                    if len(taken) == size:
+                        break
+            if taken:
+                return taken, pending
+    return [], pending
 
 
 def _finish(storage: BaseStorage, claim: Claim, attrs: Mapping[str, Any], state: TrialState, value: float | None) -> None:
@@ -133,12 +148,17 @@ def _record_params(storage: BaseStorage, claim: Claim) -> None:
         storage.set_trial_param(claim.trial_id, name, internal, distribution)
 
 
+def config_of(args: WorkerArgs, claim: Claim) -> RunConfig:
+    """The claimed point's RunConfig on this machine (and its Phase-1 source, for an intervention point)."""
+    start = {"init_from": claim.init_from} if claim.init_from else {}
+    return build_config(None, {**claim.task.config, **args.local, **start})
+
+
 def train_point(args: WorkerArgs, claim: Claim) -> tuple[dict[str, Any], float]:
     """Train the claimed point (retrying a point the SQLite store locked out); its result attrs and value."""
     from ncflow.train import train
 
-    start = {"init_from": claim.init_from} if claim.init_from else {}
-    config = build_config(None, {**claim.task.config, **args.local, **start})
+    config = config_of(args, claim)
     for attempt in range(args.lock_retries + 1):
         try:
             result = train(
@@ -158,27 +178,79 @@ def train_point(args: WorkerArgs, claim: Claim) -> tuple[dict[str, Any], float]:
     return attrs, objective_value(result.status, result.t_nc, config.total_epochs)
 
 
-def evaluate(storage: BaseStorage, args: WorkerArgs, claim: Claim, client: MlflowClient) -> None:
-    """Reuse a point MLflow already finished, else train it; a crash fails the trial (retried next invocation)."""
-    with Heartbeat(storage, claim.trial_id):
+def reused(storage: BaseStorage, args: WorkerArgs, claim: Claim, client: MlflowClient) -> bool:
+    """Record the trial's params; finish it from MLflow's FINISHED run of its point when there is one."""
+    _record_params(storage, claim)
+    done = finished_result(client, args.experiment_id, claim.task.condition, int(claim.task.params["seed"]))
+    if done is not None:
+        _finish(storage, claim, {**done, ATTR_REUSED: True}, TrialState.COMPLETE, result_value(claim.task, done))
+    return done is not None
+
+
+def fail_claims(storage: BaseStorage, args: WorkerArgs, claims: list[Claim], client: MlflowClient,
+                error: BaseException) -> None:
+    """FAIL the trials (retried next invocation) and end any of their runs still RUNNING; re-raise an interrupt."""
+    interrupted = isinstance(error, KeyboardInterrupt)
+    reason = (interruption_reason(error) if interrupted else f"{type(error).__name__}: {error}")[:2000]
+    for claim in claims:
+        _finish(storage, claim, {ATTR_STATUS: STATUS_FAILED, ATTR_FAIL_REASON: reason}, TrialState.FAIL, None)
+        with contextlib.suppress(Exception):  # train ends its run itself; this covers an interrupt inside MLflow
+            kill_runs(client, running_runs(client, args.experiment_id, claim.study, claim.number), reason)
+    if not isinstance(error, Exception):
+        raise error
+    for claim in claims:
+        print(f"ncflow sweep: trial {claim.number} ({claim.task.key}) failed: {reason}", file=sys.stderr)
+
+
+def evaluate(storage: BaseStorage, args: WorkerArgs, claims: list[Claim], client: MlflowClient) -> None:
+    """Reuse the points MLflow already finished, train the others (one pack when several); a crash fails their
+    trials (retried next invocation)."""
+    with contextlib.ExitStack() as beating:
+        for claim in claims:
+            beating.enter_context(Heartbeat(storage, claim.trial_id))
+        todo: list[Claim] = []
         try:
-            _record_params(storage, claim)
-            seed = int(claim.task.params["seed"])
-            done = finished_result(client, args.experiment_id, claim.task.condition, seed)
-            if done is not None:
-                _finish(storage, claim, {**done, ATTR_REUSED: True}, TrialState.COMPLETE, result_value(claim.task, done))
-                return
-            attrs, value = train_point(args, claim)
-            _finish(storage, claim, {**attrs, ATTR_REUSED: False}, TrialState.COMPLETE, value)
+            todo = [claim for claim in claims if not reused(storage, args, claim, client)]
+            if len(todo) == 1:
+                attrs, value = train_point(args, todo[0])
+                _finish(storage, todo[0], {**attrs, ATTR_REUSED: False}, TrialState.COMPLETE, value)
+            elif todo:
+                train_claims_packed(storage, args, todo)
         except BaseException as error:
-            interrupted = isinstance(error, KeyboardInterrupt)
-            reason = (interruption_reason(error) if interrupted else f"{type(error).__name__}: {error}")[:2000]
-            _finish(storage, claim, {ATTR_STATUS: STATUS_FAILED, ATTR_FAIL_REASON: reason}, TrialState.FAIL, None)
-            with contextlib.suppress(Exception):  # train ends its run itself; this covers an interrupt inside MLflow
-                kill_runs(client, running_runs(client, args.experiment_id, claim.study, claim.number), reason)
-            if not isinstance(error, Exception):
-                raise
-            print(f"ncflow sweep: trial {claim.number} ({claim.task.key}) failed: {reason}", file=sys.stderr)
+            fail_claims(storage, args, todo or claims, client, error)
+
+
+def train_claims_packed(storage: BaseStorage, args: WorkerArgs, claims: list[Claim]) -> None:
+    """Train the claimed points as one pack (ncflow.pack_train), one MLflow run each; finish each trial."""
+    from ncflow.pack_train import train_pack
+
+    configs = [config_of(args, claim) for claim in claims]
+    results = train_pack(
+        configs, sweep=args.sweep, parent_run_id=args.parent_run_id,
+        extra_tags=[{TAG_TRIAL: trial_tag(claim.study, claim.number)} for claim in claims],
+        progress=False, ship_timeout_s=None,
+    )
+    for claim, config, result in zip(claims, configs, results):
+        attrs = result_attrs(result.run_id, result.status, result.t_nc, result.fn_star)
+        value = objective_value(result.status, result.t_nc, config.total_epochs)
+        _finish(storage, claim, {**attrs, ATTR_REUSED: False}, TrialState.COMPLETE, value)
+
+
+def pack_size(args: WorkerArgs) -> int:
+    """`--pack`: a number as given; `auto` by the device (ncflow.pack.auto_pack_size)."""
+    if args.pack != "auto":
+        return int(args.pack)
+    from ncflow.engine import resolve_device
+    from ncflow.pack import auto_pack_size
+
+    return auto_pack_size(resolve_device(args.local.get("device", "auto")))
+
+
+def packable(args: WorkerArgs) -> Callable[[Claim, Claim], bool]:
+    """Whether two claimed points can share a pack (`ncflow.pack.pack_key`)."""
+    from ncflow.pack import pack_key
+
+    return lambda first, other: pack_key(config_of(args, first)) == pack_key(config_of(args, other))
 
 
 def run_worker(args: WorkerArgs) -> int:
@@ -194,12 +266,13 @@ def run_worker(args: WorkerArgs) -> int:
     storage = open_storage(args.storage)
     client = MlflowClient(tracking_uri=args.tracking_uri)
     owner = Owner.this_process()
+    size, fits = pack_size(args), packable(args)
     try:
         with termination_as_interrupt():
             while True:
-                claim, pending = claim_next(storage, args.storage, args.studies, owner)
-                if claim is not None:
-                    evaluate(storage, args, claim, client)
+                claims, pending = claim_next(storage, args.storage, args.studies, owner, size, fits)
+                if claims:
+                    evaluate(storage, args, claims, client)
                 elif pending:
                     time.sleep(WAIT_S)
                 else:

@@ -84,6 +84,7 @@ class SweepRun:
     experiment: str
     workers: int = 1
     progress: bool = True
+    pack: str = "1"  # `--pack`: points per pack in each worker, a whole number or `auto`
 
 
 def default_experiment(tracking_uri: str) -> str:
@@ -157,6 +158,7 @@ def worker_command(run: SweepRun, count: int, parent_id: str, experiment_id: str
         experiment_id=experiment_id,
         local=local,
         threads=max(1, cores // count),
+        pack=run.pack,
     )
     return [sys.executable, "-m", sweep_worker.__name__, json.dumps(asdict(args))]
 
