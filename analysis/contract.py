@@ -176,12 +176,12 @@ def checkpoint_path(name: str) -> str:
 # The params that do not change what is trained: left out of the condition hash.
 NON_CONDITION_PARAMS = (
     "seed", "data_dir", "device", "checkpoint_every", "checkpoints", "experiment", "tracking_uri", "fn_ref", "lead",
-    "stop_after_collapse", "layerwise",
+    "stop_after_collapse", "layerwise", "matmul_precision",
 )
 SYNTHETIC_PARAMS = ("synthetic_classes", "synthetic_shape", "synthetic_per_class")  # only for dataset synthetic
 # Params added after runs were already logged, with the value those older runs trained with (the reader fills it in).
 ADDED_PARAM_DEFAULTS = {"classifier": "learned", "checkpoints": "all", "layerwise": "false", "imbalance_ratio": "1.0",
-                        "imbalance_profile": "step"}
+                        "imbalance_profile": "step", "matmul_precision": "highest"}
 IMBALANCE_PARAMS = ("imbalance_ratio", "imbalance_profile")  # enter a condition only when the ratio is not 1
 DEFAULT_LEAD = 62  # epochs from T_cross to the predicted T_NC (the paper's mean lead)
 DEFAULT_EXPERIMENT = "ncflow"

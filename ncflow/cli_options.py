@@ -16,7 +16,8 @@ import click
 
 from analysis import contract
 from ncflow.config import (
-    ACTIVATIONS, ARCHS, CLASSIFIERS, DATASETS, DEVICES, IMBALANCE_PROFILES, OPTIMIZERS, PROTOCOLS, SCHEDULES,
+    ACTIVATIONS, ARCHS, CLASSIFIERS, DATASETS, DEVICES, IMBALANCE_PROFILES, MATMUL_PRECISIONS, OPTIMIZERS, PROTOCOLS,
+    SCHEDULES,
     RunConfig, field_help, format_value,
 )
 
@@ -24,6 +25,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "dataset": DATASETS, "arch": ARCHS, "activation": ACTIVATIONS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
     "protocol": PROTOCOLS, "device": DEVICES, "checkpoints": tuple(contract.CHECKPOINT_CHOICES),
     "classifier": CLASSIFIERS, "imbalance_profile": IMBALANCE_PROFILES,
+    "matmul_precision": MATMUL_PRECISIONS,
 }
 METAVARS = {  # fields whose values are not a plain type
     "milestones": "INTEGER,…", "nc1_threshold": "auto|FLOAT", "fn_ref": "none|auto|FLOAT",
@@ -42,7 +44,7 @@ TRAIN_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Protocol", ("protocol", "phase1_epochs", "phase2_epochs", "init_from", "rescale_alpha", "stop_after_collapse")),
     ("Collapse", ("nc1_threshold", "fn_ref", "lead", "layerwise")),
     ("Data", ("dataset", "data_dir", "imbalance_ratio", "imbalance_profile", "synthetic_classes", "synthetic_shape",
-              "synthetic_per_class", "device")),
+              "synthetic_per_class", "device", "matmul_precision")),
     ("Tracking", ("experiment", "tracking_uri", "checkpoints", "checkpoint_every", "record_dir", "ship_timeout",
                   "quiet")),
 )

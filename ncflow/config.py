@@ -26,6 +26,7 @@ CLASSIFIERS = ("learned", "etf")
 IMBALANCE_PROFILES = ("step", "exp")
 RESNET20_FEATURES = 64  # ResNet-20's pooled feature dimension
 DEVICES = ("auto", "cpu", "cuda")
+MATMUL_PRECISIONS = ("highest", "high")  # torch.set_float32_matmul_precision
 
 
 class ConfigError(ValueError):
@@ -63,6 +64,7 @@ class RunConfig:
     lead: int = contract.DEFAULT_LEAD  # epochs added to T_cross to predict T_NC
     seed: int = 0  # seeds torch and the batch order
     device: str = "auto"  # auto (cuda if available) | cpu | cuda
+    matmul_precision: str = "highest"  # float32 matmuls: highest (true float32) | high (TF32 on GPUs that have it: faster, ~1e-3 relative)
     init_from: str = "none"  # an MLflow run id whose checkpoints/phase1_end.pt starts Phase 2 (intervention), or none
     rescale_alpha: float = 1.0  # with init_from: multiply the final hidden layer (weight and bias) by α first
     stop_after_collapse: str = "off"  # off | N: stop N epochs after T_NC
@@ -211,6 +213,7 @@ def validate(config: RunConfig) -> None:
     _choice("protocol", config.protocol, PROTOCOLS)
     _choice("classifier", config.classifier, CLASSIFIERS)
     _choice("device", config.device, DEVICES)
+    _choice("matmul_precision", config.matmul_precision, MATMUL_PRECISIONS)
     _require(1 <= config.depth <= 64, f"depth: expected an integer from 1 to 64, got {config.depth}")
     _require(1 <= config.width <= 65536, f"width: expected a positive integer, got {config.width}")
     _require(config.lr > 0 and math.isfinite(config.lr), f"lr: expected a positive number, got {config.lr}")

@@ -128,6 +128,7 @@ def prepare(config: RunConfig, fn_ref: float | None = None) -> Setup:
     # Flushing them to zero keeps late epochs as fast as early ones. The flag is per thread and pool threads copy it
     # when created, so it is set here, before the first parallel op of a training process.
     torch.set_flush_denormal(True)
+    torch.set_float32_matmul_precision(config.matmul_precision)  # process-wide: a pack's members share it
     try:
         data = load_dataset(
             config.dataset,

@@ -36,6 +36,7 @@ from ncflow.models import MLP
 PACK_SHARED_FIELDS = (
     "dataset", "data_dir", "arch", "depth", "width", "activation", "batch_size", "phase1_epochs", "phase2_epochs",
     "protocol", "optimizer", "schedule", "milestones", "lr_gamma", "imbalance_ratio", "imbalance_profile", "device",
+    "matmul_precision",
     "synthetic_classes", "synthetic_shape", "synthetic_per_class",
 )
 ACTIVATION_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {

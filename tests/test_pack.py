@@ -160,3 +160,16 @@ def test_a_crashed_pack_leaves_every_member_resumable_alone(tmp_path, monkeypatc
     assert worst_relative_difference(resumed.history, alone.history) < 1e-4
     steps = [m.step for m in client.get_metric_history(by_seed["1"], contract.NC1)]
     assert sorted(steps) == [1, 2, 3, 4, 5, 6]  # each epoch once
+
+
+def test_matmul_precision_is_set_for_the_process_and_logged(cli_store: str):
+    previous = torch.get_float32_matmul_precision()
+    try:
+        engine.prepare(build_config(None, {**SMALL, "matmul_precision": "high"}))
+        assert torch.get_float32_matmul_precision() == "high"
+        engine.prepare(build_config(None, SMALL))
+        assert torch.get_float32_matmul_precision() == "highest"  # the default: true float32
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    with pytest.raises(ConfigError, match="^seeds: the members of a pack must share matmul_precision"):
+        pack.check_packable([build_config(None, SMALL), build_config(None, {**SMALL, "matmul_precision": "high"})])

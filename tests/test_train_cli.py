@@ -130,6 +130,7 @@ def test_boolean_fields_are_flags_and_the_mlproject_form_takes_a_value(store):
         ("--nc1-threshold", "2", "nc1_threshold: expected auto or a number in (0, 1), got '2'"),
         ("--init-from", "0123456789abcdef", "init_from: no MLflow run '0123456789abcdef'"),
         ("--dataset", "imagenet", "dataset: 'imagenet' is not one of"),
+        ("--matmul-precision", "tf32", "matmul_precision: 'tf32' is not one of highest, high"),
     ],
 )
 def test_bad_input_is_one_line_and_creates_no_run(store, option, value, message):
