@@ -4,8 +4,8 @@
 first use and then kept: every paper family's per-condition estimates (`Family`: N, collapsed count, ε, and
 `Summary` cells of T_NC and fn* with their intervals), the architecture × dataset grid (ANOVA, conditional
 effects), the width trend (log-log fit, Pearson r), the intervention t-tests, the threshold-robustness ratios,
-Table 5's pooled fn*, and the early-warning lead times. `analysis.tables` and `analysis.figures` read these
-and never call `analysis.stats` themselves.
+Table 5's pooled fn*, the early-warning lead times, and the beyond-the-paper studies (`analysis.beyond`).
+`analysis.tables` and `analysis.figures` read these and never call `analysis.stats` themselves.
 
 Conventions: N counts the used runs of a condition; T_NC, fn* and their intervals aggregate its collapsed runs
 (T_NC logged); a condition with no collapsed run keeps the mean final NC1 of its runs.
@@ -21,6 +21,7 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from analysis import contract, stats
+from analysis.beyond import Beyond
 from analysis.contract import FN_STAR, T_NC
 from analysis.early_warning import LeadTime, lead_time_estimates
 from analysis.selection import (
@@ -316,3 +317,8 @@ class Estimates:
             if varied and not chosen.used.empty:
                 found[name] = family_estimates(chosen, varied)
         return found
+
+    @cached_property
+    def beyond(self) -> Beyond:
+        """The beyond-the-paper studies (layer-wise, imbalance, ETF head, test-set collapse; `analysis.beyond`)."""
+        return Beyond(self)

@@ -124,7 +124,7 @@ def runs(source: Source) -> None:
 @out_option
 @formats_option("--format", "formats", TABLE_FORMATS, "table")
 def tables(source: Source, out: Path, formats: tuple[str, ...]) -> None:
-    """Write every table (Tables 1–8, lead time, other sweeps) to OUT.
+    """Write every table (Tables 1–8, lead time, other sweeps; layer-wise, imbalance, ETF head) to OUT.
 
     Example: ncflow-analysis tables --out report --format md,tex
     """
@@ -139,7 +139,8 @@ def tables(source: Source, out: Path, formats: tuple[str, ...]) -> None:
 @out_option
 @formats_option("--format", "formats", FIGURE_FORMATS, "figure")
 def figures(source: Source, out: Path, formats: tuple[str, ...]) -> None:
-    """Write every figure (dynamics, sweep panels, grid, intervention, protocol) to OUT.
+    """Write every figure (dynamics, sweep panels, grid, intervention, protocol; layer-wise, imbalance,
+    train vs test NC1) to OUT.
 
     Example: ncflow-analysis figures --out report --format png
     """

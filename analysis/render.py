@@ -20,12 +20,13 @@ if TYPE_CHECKING:  # only for annotations: rendering needs no scipy
 LABELS = {
     "depth": "Depth", "width": "Width", "activation": "Act.", "weight_decay": "λ", "rescale_alpha": "α",
     "dataset": "Dataset", "arch": "Architecture", "architecture": "Architecture", "protocol": "Protocol",
+    "imbalance_ratio": "ρ", "classifier": "Classifier",
 }
 ACTIVATION_NAMES = {"relu": "ReLU", "gelu": "GELU", "tanh": "Tanh"}
 LATEX_SYMBOLS = {
     "±": r"$\pm$", "λ": r"$\lambda$", "α": r"$\alpha$", "ε": r"$\varepsilon$", "∈": r"$\in$", "Δ": r"$\Delta$",
     "→": r"$\to$", "≥": r"$\geq$", "≤": r"$\leq$", "×": r"$\times$", "√": r"$\surd$",
-    "—": "---", "–": "--", "∝": r"$\propto$", "σ": r"$\sigma$", "Σ": r"$\Sigma$",
+    "—": "---", "–": "--", "∝": r"$\propto$", "σ": r"$\sigma$", "ρ": r"$\rho$", "Σ": r"$\Sigma$",
     "−": "-", "²": r"$^2$", "≈": r"$\approx$", "*": r"$^*$",
 }
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",

@@ -1,6 +1,8 @@
 """The report: every table and figure plus `report.md`, its manifest cache, and its record as an MLflow run.
 
-`build_report` writes `tables/`, `figures/` and `report.md` (linking both) under the output directory, and a
+`build_report` writes `tables/`, `figures/` and `report.md` (linking both) under the output directory — the
+paper's tables and figures (`analysis.tables`, `analysis.figures`), then the beyond-the-paper ones
+(`analysis.beyond_tables`, `analysis.beyond_figures`: layer-wise, imbalance, ETF head, test-set collapse) — and a
 manifest (`MANIFEST`: a digest of its inputs and the files it wrote); a repeated report over an unchanged
 store finds the manifest matching and the files in place, and rewrites nothing (`force` rebuilds).
 `log_report` records the output directory as the artifacts of an MLflow run `analysis-…` (kind
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import mlflow
 import pandas as pd
 
-from analysis import catalogue, contract, store
+from analysis import catalogue, contract, layer_store, store
 from analysis.mlflow_env import adopted_run_id, resolve_tracking_uri
 from analysis.run_history import ENDED_STATUSES
 
@@ -74,8 +76,11 @@ def read_runs(source: Source) -> pd.DataFrame:
 
 
 def read_histories(source: Source, runs: pd.DataFrame) -> pd.DataFrame:
-    """The runs' histories, through the source's history cache."""
-    return store.load_histories(runs, source.tracking_uri, cache_dir=source.cache_dir, progress=source.progress)
+    """The runs' histories, through the source's history cache, with the layer-wise runs' `layers.csv` appended
+    (`analysis.layer_store`: their `layers/<l>/*` columns are not in `history.csv`)."""
+    histories = store.load_histories(runs, source.tracking_uri, cache_dir=source.cache_dir, progress=source.progress)
+    layers = layer_store.load_layer_histories(runs, source.tracking_uri, cache_dir=source.cache_dir)
+    return pd.concat([histories, layers], ignore_index=True) if len(layers) else histories
 
 
 def estimates_of(runs: pd.DataFrame, histories: pd.DataFrame) -> "Estimates":
@@ -95,20 +100,25 @@ def read_estimates(source: Source) -> "Estimates":
 
 
 def write_tables(estimates: "Estimates", out_dir: Path, formats: Sequence[str]) -> Written:
-    """Every table in every format under out_dir: stem → (Table, paths)."""
+    """Every table (the paper's, then the beyond-the-paper ones) in every format under out_dir: stem → (Table,
+    paths)."""
+    from analysis.beyond_tables import beyond_tables
     from analysis.tables import build_tables
 
-    return {stem: (table, table.write(out_dir, stem, formats)) for stem, table in build_tables(estimates).items()}
+    built = {**build_tables(estimates), **beyond_tables(estimates)}
+    return {stem: (table, table.write(out_dir, stem, formats)) for stem, table in built.items()}
 
 
 def write_figures(estimates: "Estimates", out_dir: Path, formats: Sequence[str]) -> list[Path]:
-    """Every figure in every format under out_dir."""
+    """Every figure (the paper's, then the beyond-the-paper ones) in every format under out_dir."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display (a laptop over SSH, CI)
+    from analysis.beyond_figures import build_beyond_figures
     from analysis.figures import build_figures
 
-    return build_figures(estimates, out_dir, formats=tuple(formats))
+    formats = tuple(formats)
+    return build_figures(estimates, out_dir, formats=formats) + build_beyond_figures(estimates, out_dir, formats)
 
 
 def _link(path: Path, base: Path) -> str:

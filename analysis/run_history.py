@@ -113,12 +113,13 @@ def quiet_artifact_downloads() -> Iterator[None]:
         os.environ.pop(name, None)
 
 
-def download_history_csv(artifact_uri: str, tracking_uri: str) -> History | None:
-    """The run's history artifact, or None when the run has no such artifact (or it has no `epoch` column)."""
+def download_history_csv(artifact_uri: str, tracking_uri: str, name: str = HISTORY_FILE) -> History | None:
+    """The run's history artifact (or another per-epoch CSV artifact `name` with an `epoch` column, such as
+    `contract.LAYERS_FILE`), or None when the run has no such artifact (or it has no `epoch` column)."""
     with tempfile.TemporaryDirectory() as directory:
         try:
             path = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{artifact_uri.rstrip('/')}/{HISTORY_FILE}", dst_path=directory,
+                artifact_uri=f"{artifact_uri.rstrip('/')}/{name}", dst_path=directory,
                 tracking_uri=tracking_uri,
             )
         except (MlflowException, OSError):
@@ -127,9 +128,11 @@ def download_history_csv(artifact_uri: str, tracking_uri: str) -> History | None
     return History.from_wide(wide) if HISTORY_EPOCH in wide.columns else None
 
 
-def history_from_metrics(client: MlflowClient, run_id: str) -> History:
-    """The history from `get_metric_history`, one request per per-epoch metric key (the slow path)."""
-    keys = sorted(k for k in client.get_run(run_id).data.metrics if not k.startswith(SUMMARY_PREFIXES))
+def history_from_metrics(client: MlflowClient, run_id: str, prefix: str = "") -> History:
+    """The history from `get_metric_history`, one request per per-epoch metric key (the slow path); only the
+    keys starting with `prefix` when given."""
+    keys = sorted(k for k in client.get_run(run_id).data.metrics
+                  if not k.startswith(SUMMARY_PREFIXES) and k.startswith(prefix))
     if not keys:
         return History(np.empty(0, dtype="int64"), (), np.empty((0, 0)))
     columns = {}

@@ -47,6 +47,9 @@ SWEEP_NAMES: dict[str, tuple[str, ...]] = {
     "grid": ("grid", "arch-dataset", "architecture"),
     "rescale_alpha": ("intervention", "alpha", "rescale"),
     "protocol": ("protocol", "ce-only"),
+    # Beyond the paper (`analysis.beyond`): the imbalance and ETF-head families.
+    "imbalance_ratio": ("imbalance",),
+    "classifier": ("etf", "classifier"),
 }
 
 Histories = pd.DataFrame | Mapping[str, pd.DataFrame]  # the long frame, or `histories_by_run` of it
@@ -92,6 +95,11 @@ def is_intervention(frame: pd.DataFrame) -> pd.Series:
     """Runs that started from another run's checkpoint (`init_from` set)."""
     init = column(frame, "init_from")
     return init.notna() & ~init.astype(str).str.lower().isin(("none", "", "nan"))
+
+
+def is_layerwise(frame: pd.DataFrame) -> pd.Series:
+    """Runs trained with `--layerwise` (param `layerwise` true): they log `layers/<l>/*` and `layers.csv`."""
+    return column(frame, "layerwise").astype(str).str.lower().isin(("true", "1"))
 
 
 def training_runs(runs: pd.DataFrame) -> pd.DataFrame:

@@ -233,7 +233,7 @@ def runs_frame(records: list[tuple[dict[str, Any], dict[str, Any], dict[str, flo
     frame = pd.DataFrame(columns)
     for name, default in contract.ADDED_PARAM_DEFAULTS.items():  # a run from before the param trained with this
         if name in frame.columns:
-            frame[name] = frame[name].where(frame[name].notna(), default)
+            frame[name] = frame[name].where(frame[name].notna(), parse_param(default))
     return frame.sort_values(["start_time", "run_name", "run_id"], na_position="last").reset_index(drop=True)
 
 

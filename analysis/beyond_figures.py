@@ -1,0 +1,131 @@
+"""The beyond-the-paper figures — layer-wise NC1, collapse against class imbalance, train vs test NC1 — drawn
+from `Estimates.beyond` (curves averaged and per-value estimates computed there, not here).
+
+Each `figure_*` returns None when its runs do not exist; `build_beyond_figures` writes the rest as
+`analysis.figures.build_figures` writes the paper's (laid out once, PNG and PDF). `analysis.report` writes both.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from analysis.aggregate import Estimates, numeric
+from analysis.beyond import MAX_PANELS, CurvePanel
+from analysis.dynamics import add_legend, mark_vertical, new_axes
+from analysis.figures import FORMATS, save_figure
+from analysis.render import fmt_value
+
+LAYER_PANEL_SIZE = (5.4, 3.8)  # room for a legend of every layer
+IMBALANCE_PANELS = (  # (summary column, panel title, y label, log y)
+    ("nc1", "(a) Final NC1", "NC1", True),
+    ("nc2", "(b) Final NC2", "NC2", False),
+    ("minority_collapse", "(c) Minority collapse", "mean cosine of minority classifier rows", False),
+    ("test_acc", "(d) Test accuracy", "test accuracy", False),
+)
+
+
+def _mark_panel(ax: Axes, panel: CurvePanel) -> None:
+    """ε dotted and the CE → MSE switch dashed, when known; log y; the legend."""
+    if not math.isnan(panel.threshold):
+        ax.axhline(panel.threshold, color="k", linestyle=":", linewidth=1, label=f"ε = {panel.threshold:g}")
+    mark_vertical(ax, panel.switch, "CE → MSE", "--", "0.5")
+    ax.set_yscale("log")
+    add_legend(ax)
+
+
+def figure_layerwise(estimates: Estimates) -> Figure | None:
+    """NC1 of every hidden layer over the epochs (mean over seeds, log y), a panel per layer-wise condition."""
+    study = estimates.beyond.layerwise
+    panels = [c.curves for c in (study.conditions if study else ()) if not c.curves.curves.empty][:MAX_PANELS]
+    if not panels:
+        return None
+    axes = new_axes(1, len(panels), LAYER_PANEL_SIZE)
+    for ax, panel in zip(axes, panels):
+        layers = list(panel.curves.columns)
+        colors = colormaps["viridis"](np.linspace(0.0, 0.9, len(layers)))
+        for layer, color in zip(layers, colors):
+            series = panel.curves[layer].dropna()
+            ax.plot(series.index, series.to_numpy(), color=color, linewidth=1.2, label=f"layer {layer}",
+                    gid=f"layer {layer}")
+        ax.set(title=f"{panel.label} ({len(panel.runs)} seeds)", xlabel="epoch", ylabel="NC1 of the layer's output")
+        _mark_panel(ax, panel)
+        ax.legend(fontsize="x-small", loc="lower left", ncols=2)  # the curves fall from the upper left
+    axes[0].figure.suptitle("Layer-wise NC1 (mean over seeds)")
+    return axes[0].figure
+
+
+def plot_value_errorbars(numbers: pd.DataFrame, x: str, key: str, ax: Axes, logx: bool = False,
+                         scale: float = 1.0) -> Axes:
+    """Mean ± std of the summary column `key` (`<key>_mean`, `<key>_std` of `aggregate.numeric`) against `x`;
+    values without a mean (not logged there) are left out."""
+    xs = numbers[x].to_numpy(dtype=float)
+    means = numbers[f"{key}_mean"].to_numpy(dtype=float) * scale
+    errors = np.nan_to_num(numbers[f"{key}_std"].to_numpy(dtype=float) * scale, nan=0.0)
+    done = ~np.isnan(means)
+    ax.errorbar(xs[done], means[done], yerr=errors[done], marker="o", capsize=4, gid=key)
+    if logx:
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(xs, [fmt_value(x, v) for v in numbers[x]])
+    return ax
+
+
+def figure_imbalance(estimates: Estimates) -> Figure | None:
+    """Final NC1, NC2, minority collapse and test accuracy against ρ (log x), mean ± std over seeds."""
+    study = estimates.beyond.imbalance
+    if study is None:
+        return None
+    numbers = numeric(study.summary)
+    axes = new_axes(1, len(IMBALANCE_PANELS))
+    for ax, (key, title, ylabel, logy) in zip(axes, IMBALANCE_PANELS):
+        plot_value_errorbars(numbers, "imbalance_ratio", key, ax, logx=True)
+        if logy and (numbers[f"{key}_mean"].dropna() > 0).all():
+            ax.set_yscale("log")
+        ax.set(title=title, xlabel="imbalance ratio ρ", ylabel=ylabel)
+    axes[2].axhline(1.0, color="C3", linestyle=":", linewidth=1, label="merged (cos = 1)")
+    add_legend(axes[2])
+    axes[0].figure.suptitle("Class imbalance: collapse and minority collapse against ρ (mean ± std over seeds)")
+    return axes[0].figure
+
+
+def figure_train_test_nc1(estimates: Estimates) -> Figure | None:
+    """Train and test NC1 over the epochs (mean over seeds, log y) for up to four conditions."""
+    panels = estimates.beyond.train_test
+    if not panels:
+        return None
+    axes = new_axes(1, len(panels))
+    for ax, panel in zip(axes, panels):
+        for key, label, color in (("train", "train NC1", "C0"), ("test", "test NC1", "C1")):
+            if key in panel.curves:
+                series = panel.curves[key].dropna()
+                ax.plot(series.index, series.to_numpy(), color=color, linewidth=1.2, label=label, gid=key)
+        ax.set(title=f"{panel.label} ({len(panel.runs)} seeds)", xlabel="epoch", ylabel="NC1")
+        _mark_panel(ax, panel)
+    axes[0].figure.suptitle("Test-set collapse: NC1 on the training and the test set (mean over seeds)")
+    return axes[0].figure
+
+
+def make_beyond_figures(estimates: Estimates) -> dict[str, Figure]:
+    """Every beyond-the-paper figure whose runs exist, keyed by file stem."""
+    candidates: dict[str, Callable[[Estimates], Figure | None]] = {
+        "fig_imbalance": figure_imbalance,
+        "fig_layerwise": figure_layerwise,
+        "fig_train_test_nc1": figure_train_test_nc1,
+    }
+    return {stem: figure for stem, make in candidates.items() if (figure := make(estimates)) is not None}
+
+
+def build_beyond_figures(estimates: Estimates, out_dir: Path, formats: Sequence[str] = FORMATS) -> list[Path]:
+    """Write every beyond-the-paper figure whose runs exist to `out_dir` in each format; return the paths."""
+    paths = []
+    for stem, figure in make_beyond_figures(estimates).items():
+        paths += save_figure(figure, out_dir, stem, formats)
+    return paths
