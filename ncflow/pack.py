@@ -11,8 +11,9 @@ torch's `weight_decay`). After the pass each member is measured, detected and em
 continues any member alone. A member that stops (divergence, `stop_after_collapse`) leaves the pack; the others
 go on.
 
-ResNet-20 members share the process but train one after another (`engine.train_one_epoch`): exact, and no faster
-than separate runs — batching them needs per-member BatchNorm statistics (grouped convolutions), not built yet.
+The batched pass runs for MLP members on CUDA (`batches_members`); on the CPU, and for ResNet-20, members share
+the process but train one after another (`engine.train_one_epoch`): exact, and as fast as separate runs. Batching
+ResNet-20 needs per-member BatchNorm statistics (grouped convolutions): not built yet.
 """
 
 from __future__ import annotations
@@ -128,9 +129,21 @@ def train_mlp_pack_epoch(members: Sequence[Setup], phase: int) -> list[float]:
     return (loss_sums / len(orders[0])).tolist()
 
 
-def train_pack_epoch(members: Sequence[Setup], phase: int) -> list[float]:
-    """Each member's mean training loss of one epoch: batched for MLPs, one after another otherwise."""
-    if all(isinstance(member.model, MLP) for member in members):
+def batches_members(members: Sequence[Setup]) -> bool:
+    """The batched path's default: MLP members on CUDA. On the CPU, which is compute-bound, batched matmuls gain
+    nothing (0.86–0.90× the throughput of separate processes, benchmarks/bench_pack.py), so members train one
+    after another there — exactly as fast as alone."""
+    return members[0].device.type == "cuda" and all(isinstance(member.model, MLP) for member in members)
+
+
+def train_pack_epoch(members: Sequence[Setup], phase: int, batched: bool | None = None) -> list[float]:
+    """Each member's mean training loss of one epoch: batched (`train_mlp_pack_epoch`; default: MLPs on CUDA), or
+    one after another (`engine.train_one_epoch`)."""
+    if batched is None:
+        batched = batches_members(members)
+    if batched:
+        if not all(isinstance(member.model, MLP) for member in members):
+            raise ValueError("batched pack training is built for MLP members only")
         return train_mlp_pack_epoch(members, phase)
     return [engine.train_one_epoch(member, phase) for member in members]
 
@@ -145,10 +158,9 @@ def share_data(members: Sequence[Setup]) -> None:
             member.data = first
 
 
-def run_pack(members: Sequence[Setup], sinks: Sequence[Sink], progress: bool) -> None:
-    """`engine.run_epochs` for a pack: each epoch one shared training pass, then each member measured and emitted.
-
-    A member's `time/epoch_s` is the shared training pass plus its own measurement."""
+def run_pack(members: Sequence[Setup], sinks: Sequence[Sink], progress: bool, batched: bool | None = None) -> None:
+    """`engine.run_epochs` for a pack: each epoch one shared training pass (`train_pack_epoch`), then each member
+    measured and emitted. A member's `time/epoch_s` is the shared training pass plus its own measurement."""
     starts = {member.start_epoch for member in members}
     if len(starts) != 1:
         raise ConfigError(f"seeds: the members of a pack must start at the same epoch; got {sorted(starts)}")
@@ -163,7 +175,7 @@ def run_pack(members: Sequence[Setup], sinks: Sequence[Sink], progress: bool) ->
             started = time.perf_counter()
             phase = first.phase_of(epoch)
             lrs = [members[index].optimizer.param_groups[0]["lr"] for index in active]
-            losses = train_pack_epoch([members[index] for index in active], phase)
+            losses = train_pack_epoch([members[index] for index in active], phase, batched)
             trained_s = time.perf_counter() - started
             going = []
             for index, lr, loss in zip(active, lrs, losses):

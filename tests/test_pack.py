@@ -29,10 +29,11 @@ def standalone_history(config) -> list[dict[str, float]]:
     return setup.history
 
 
-def packed_histories(member_configs) -> list[list[dict[str, float]]]:
+def packed_histories(member_configs, batched: bool = True) -> list[list[dict[str, float]]]:
+    """Trained as a pack; MLPs through the batched pass (on the CPU too, where it is not the default)."""
     members = [engine.prepare(config) for config in member_configs]
     pack.share_data(members)
-    pack.run_pack(members, [engine.NullSink()] * len(members), progress=False)
+    pack.run_pack(members, [engine.NullSink()] * len(members), progress=False, batched=batched)
     return [member.history for member in members]
 
 
@@ -64,9 +65,10 @@ def test_mlp_members_equal_their_standalone_runs_in_float64(float64):
 def test_resnet20_members_equal_their_standalone_runs_in_float64(float64):
     member_configs = configs(arch="resnet20", synthetic_shape="3x8x8", optimizer="sgd", phase1_epochs="2",
                              phase2_epochs="1")
-    for history, config in zip(packed_histories(member_configs), member_configs):
+    for history, config in zip(packed_histories(member_configs, batched=False), member_configs):
         assert len(history) == 3
         assert worst_relative_difference(history, standalone_history(config)) < 1e-9
+    assert not pack.batches_members([engine.prepare(member_configs[0])])  # on the CPU: one after another
 
 
 def test_mlp_members_equal_their_standalone_runs_in_float32():
