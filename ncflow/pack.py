@@ -4,16 +4,15 @@ Torch only. A pack is a list of standalone `engine.Setup`s (each built by `engin
 each member is initialised, subsampled and shuffled exactly as the standalone run of its seed, and keeps its own
 optimiser, schedule, detector and history). Only the training pass is shared: an MLP pack stacks the members'
 weights layer by layer and runs one batched matmul (`torch.baddbmm`) per layer for all members, on a batch that
-gathers each member's own mini-batch; the loss is the sum of the members' mean losses, so each member's gradient is
+gathers each member's own mini-batch (a ResNet-20 pack: grouped convolutions, ncflow.pack_resnet); the loss is the sum of the members' mean losses, so each member's gradient is
 its own; each member's own torch optimiser then steps (per-member learning rate and weight decay exactly as
 torch's `weight_decay`). After the pass each member is measured, detected and emitted by the engine as usual
 (`engine.finish_row`, `engine.record_epoch`), so its resume state is a standalone run's and `ncflow train --resume`
 continues any member alone. A member that stops (divergence, `stop_after_collapse`) leaves the pack; the others
 go on.
 
-The batched pass runs for MLP members on CUDA (`batches_members`); on the CPU, and for ResNet-20, members share
-the process but train one after another (`engine.train_one_epoch`): exact, and as fast as separate runs. Batching
-ResNet-20 needs per-member BatchNorm statistics (grouped convolutions): not built yet.
+The batched pass is the default on CUDA (`batches_members`); on the CPU members share the process but train one
+after another (`engine.train_one_epoch`): exact, and as fast as separate runs.
 """
 
 from __future__ import annotations
@@ -29,7 +28,8 @@ from ncflow import engine
 from ncflow.config import ConfigError, RunConfig
 from ncflow.data import batch_indices
 from ncflow.engine import Setup, Sink
-from ncflow.models import MLP
+from ncflow.models import MLP, ResNet20
+from ncflow.pack_resnet import packed_resnet_logits
 
 # What the members of one pack must share: the model's shape, the data and its batches, the schedule of phases and
 # epochs. They may differ in seed, weight decay, learning rate (and momentum), classifier, intervention source and
@@ -101,7 +101,14 @@ def member_losses(logits: torch.Tensor, labels: torch.Tensor, phase: int) -> tor
     return (logits - targets).square().mean(dim=(1, 2))
 
 
-def train_mlp_pack_epoch(members: Sequence[Setup], phase: int) -> list[float]:
+def packed_logits(models: Sequence[torch.nn.Module], inputs: torch.Tensor) -> torch.Tensor:
+    """(S, B, K) logits of the members on their (S, B, …) mini-batches in one batched pass."""
+    if isinstance(models[0], MLP):
+        return packed_mlp_logits(models, inputs.flatten(2))
+    return packed_resnet_logits(models, inputs)
+
+
+def train_batched_pack_epoch(members: Sequence[Setup], phase: int) -> list[float]:
     """One pass of each member's own shuffled mini-batches, all members in each step; each member's mean loss
     (one host sync per epoch)."""
     models = [member.model for member in members]
@@ -119,7 +126,7 @@ def train_mlp_pack_epoch(members: Sequence[Setup], phase: int) -> list[float]:
         else:
             inputs = torch.stack([m.data.train_x[order[step]] for m, order in zip(members, orders)])
             labels = torch.stack([m.data.train_y[order[step]] for m, order in zip(members, orders)])
-        losses = member_losses(packed_mlp_logits(models, inputs.flatten(2)), labels, phase)
+        losses = member_losses(packed_logits(models, inputs), labels, phase)
         for member in members:
             member.optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()
@@ -129,22 +136,27 @@ def train_mlp_pack_epoch(members: Sequence[Setup], phase: int) -> list[float]:
     return (loss_sums / len(orders[0])).tolist()
 
 
+def batchable(members: Sequence[Setup]) -> bool:
+    """Whether the members can share a batched pass: all MLPs, or all ResNet-20s."""
+    return any(all(isinstance(member.model, kind) for member in members) for kind in (MLP, ResNet20))
+
+
 def batches_members(members: Sequence[Setup]) -> bool:
-    """The batched path's default: MLP members on CUDA. On the CPU, which is compute-bound, batched matmuls gain
-    nothing (0.86–0.90× the throughput of separate processes, benchmarks/bench_pack.py), so members train one
-    after another there — exactly as fast as alone."""
-    return members[0].device.type == "cuda" and all(isinstance(member.model, MLP) for member in members)
+    """The batched path's default: on CUDA. On the CPU, which is compute-bound, batched matmuls gain nothing
+    (0.73–0.88× the throughput of separate processes, benchmarks/bench_pack.py), so members train one after
+    another there — exactly as fast as alone."""
+    return members[0].device.type == "cuda" and batchable(members)
 
 
 def train_pack_epoch(members: Sequence[Setup], phase: int, batched: bool | None = None) -> list[float]:
-    """Each member's mean training loss of one epoch: batched (`train_mlp_pack_epoch`; default: MLPs on CUDA), or
+    """Each member's mean training loss of one epoch: batched (`train_batched_pack_epoch`; the default on CUDA), or
     one after another (`engine.train_one_epoch`)."""
     if batched is None:
         batched = batches_members(members)
     if batched:
-        if not all(isinstance(member.model, MLP) for member in members):
-            raise ValueError("batched pack training is built for MLP members only")
-        return train_mlp_pack_epoch(members, phase)
+        if not batchable(members):
+            raise ValueError("a batched pack needs members of one architecture (MLP or ResNet-20)")
+        return train_batched_pack_epoch(members, phase)
     return [engine.train_one_epoch(member, phase) for member in members]
 
 
