@@ -209,3 +209,14 @@ def test_matmul_precision_is_set_for_the_process_and_logged(cli_store: str):
         torch.set_float32_matmul_precision(previous)
     with pytest.raises(ConfigError, match="^seeds: the members of a pack must share matmul_precision"):
         pack.check_packable([build_config(None, SMALL), build_config(None, {**SMALL, "matmul_precision": "high"})])
+
+
+def test_layerwise_imbalanced_members_keep_their_own_subsample_and_layers(float64):
+    member_configs = configs(imbalance_ratio="2", layerwise="true", phase1_epochs="2", phase2_epochs="2")
+    members = packed(member_configs)
+    assert members[0].data is not members[1].data  # each seed's own subsample: gathered per member
+    for member, config in zip(members, member_configs):
+        alone = standalone(config)
+        assert member.class_counts == alone.class_counts == [16, 16, 8, 8]
+        assert "layers/1/nc1" in member.history[-1] and "nc/minority_collapse" in member.history[-1]
+        assert worst_relative_difference(member.history, alone.history) < 1e-9
