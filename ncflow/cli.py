@@ -105,10 +105,10 @@ def train(
                 extra.append("--seeds")
             if extra:
                 raise ConfigError(f"resume: takes no training options (the run's own are used); got {', '.join(extra)}")
-            result = training.resume(
+            results = [training.resume(
                 resume_run_id, tracking_uri=options.get("tracking_uri") or "", progress=not quiet, force=force,
                 record_dir=record_dir, ship_timeout_s=ship_timeout,
-            )
+            )]
         else:
             if force:
                 raise ConfigError("force: only applies with --resume RUN_ID")
