@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -20,6 +21,29 @@ def mlflow_store(tmp_path: Path, mlflow_template_db: Path, monkeypatch: pytest.M
     """A fresh SQLite tracking store in tmp_path (never the working tree's mlflow.db); its URI is explicit."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return local_store(tmp_path / "store", mlflow_template_db)
+
+
+@pytest.fixture
+def crash_measure(monkeypatch: pytest.MonkeyPatch) -> Callable[[int, str], Callable[[], None]]:
+    """`crash_measure(n, message)`: from now on `engine.measure_epoch`'s n-th call raises RuntimeError(message) (a
+    crash mid-run); returns a function that puts the real one back (for the resume)."""
+    from ncflow import engine
+
+    measure = engine.measure_epoch
+
+    def arm(call: int, message: str) -> Callable[[], None]:
+        calls = {"n": 0}
+
+        def measure_then_crash(setup):
+            calls["n"] += 1
+            if calls["n"] == call:
+                raise RuntimeError(message)
+            return measure(setup)
+
+        monkeypatch.setattr(engine, "measure_epoch", measure_then_crash)
+        return lambda: monkeypatch.setattr(engine, "measure_epoch", measure)
+
+    return arm
 
 
 @pytest.fixture(autouse=True)

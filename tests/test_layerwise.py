@@ -116,28 +116,19 @@ SMALL = {"dataset": "synthetic", "synthetic_classes": "4", "synthetic_shape": "1
          "checkpoint_every": "2", "layerwise": "true", "imbalance_ratio": "2"}
 
 
-def test_a_crashed_layerwise_imbalanced_run_resumes_to_the_uninterrupted_history(tmp_path, monkeypatch):
-    from ncflow import engine
+def test_a_crashed_layerwise_imbalanced_run_resumes_to_the_uninterrupted_history(tmp_path, monkeypatch, crash_measure):
     from ncflow import train as training
     from ncflow.config import build_config
 
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    measure, calls = engine.measure_epoch, {"n": 0}
-
-    def measure_then_crash(setup):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise RuntimeError("simulated crash")
-        return measure(setup)
-
-    monkeypatch.setattr(engine, "measure_epoch", measure_then_crash)
+    restore = crash_measure(5, "simulated crash")
     config = build_config(None, {**SMALL, "tracking_uri": store})
     with pytest.raises(RuntimeError, match="simulated"):
         training.train(config, progress=False, record_dir=tmp_path / "records")
     client = MlflowClient(store)
     (run,) = client.search_runs([client.get_experiment_by_name("ncflow").experiment_id])
-    monkeypatch.setattr(engine, "measure_epoch", measure)
+    restore()
     resumed = training.resume(run.info.run_id, tracking_uri=store, progress=False, record_dir=tmp_path / "records")
     straight = training.train(config, progress=False, record_dir=tmp_path / "records")
     timeless = [[{k: v for k, v in row.items() if k != "time/epoch_s"} for row in result.history]

@@ -168,22 +168,14 @@ def test_bad_seeds_are_one_line_before_any_run(cli_store: str, args, message):
     assert experiment is None or MlflowClient(cli_store).search_runs([experiment.experiment_id]) == []
 
 
-def test_a_crashed_pack_leaves_every_member_resumable_alone(tmp_path, monkeypatch):
+def test_a_crashed_pack_leaves_every_member_resumable_alone(tmp_path, monkeypatch, crash_measure):
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    measure, calls = engine.measure_epoch, {"n": 0}
-
-    def measure_then_crash(setup):
-        calls["n"] += 1
-        if calls["n"] == 3 * 4 + 2:  # epoch 5, second member
-            raise RuntimeError("simulated crash")
-        return measure(setup)
-
-    monkeypatch.setattr(engine, "measure_epoch", measure_then_crash)
+    restore = crash_measure(3 * 4 + 2, "simulated crash")  # epoch 5, second member
     member_configs = configs(tracking_uri=store, checkpoint_every="1", phase1_epochs="3", phase2_epochs="3")
     with pytest.raises(RuntimeError, match="simulated"):
         train_pack(member_configs, progress=False, record_dir=tmp_path / "records")
-    monkeypatch.setattr(engine, "measure_epoch", measure)
+    restore()
     client = MlflowClient(store)
     runs = client.search_runs([client.get_experiment_by_name("ncflow").experiment_id])
     assert sorted(run.info.status for run in runs) == ["FAILED"] * 3

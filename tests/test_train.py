@@ -5,7 +5,7 @@ import math
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ncflow import engine, run_artifacts, tracking
+from ncflow import run_artifacts, tracking
 from ncflow import train as training
 from ncflow.config import build_config
 
@@ -81,17 +81,8 @@ def test_intervention_rejects_another_architecture(store):
         training.train(small_config(store, depth="2", init_from=phase1.run_id), progress=False)
 
 
-def test_crash_leaves_failed_run_with_reason_and_resume_completes_it(store, monkeypatch):
-    measure = engine.measure_epoch
-    calls = {"n": 0}
-
-    def measure_then_crash(setup):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise RuntimeError("simulated out-of-memory")
-        return measure(setup)
-
-    monkeypatch.setattr(engine, "measure_epoch", measure_then_crash)
+def test_crash_leaves_failed_run_with_reason_and_resume_completes_it(store, crash_measure):
+    restore = crash_measure(5, "simulated out-of-memory")
     reference = small_config(store, seed="7")
     with pytest.raises(RuntimeError, match="simulated"):
         training.train(reference, progress=False)
@@ -107,7 +98,7 @@ def test_crash_leaves_failed_run_with_reason_and_resume_completes_it(store, monk
     state = tracking.load_checkpoint(client, run.info.run_id, "last")
     assert state["epoch"] == 4 and len(state["history"]) == 4  # the crash lost no finished epoch
 
-    monkeypatch.setattr(engine, "measure_epoch", measure)
+    restore()
     resumed = training.resume(run.info.run_id, tracking_uri=store, progress=False)
     uninterrupted = training.train(reference, progress=False)
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
