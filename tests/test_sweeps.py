@@ -224,16 +224,16 @@ def test_two_workers_train_each_point_once_and_a_rerun_trains_nothing(store: Loc
 
 
 def test_pack_trains_the_points_of_one_shape_together_exactly_once(store: LocalStore):
-    args = ("depth", "--seeds", "0,1,2", "--dataset", "synthetic", "--set", FAST, "--pack", "3")
-    assert "12 points: 12 done" in invoke(store, *args)
-    assert_exactly_once(store, "depth", 12)
+    args = ("depth", "--seeds", "0,1", "--dataset", "synthetic", "--set", FAST, "--pack", "2")
+    assert "8 points: 8 done" in invoke(store, *args)
+    assert_exactly_once(store, "depth", 8)
     spans: dict[str, list[tuple[int, int]]] = {}
     for run in training_runs(store):
         spans.setdefault(run.data.params["depth"], []).append((run.info.start_time, run.info.end_time))
-    for depth, members in spans.items():  # one pack per depth: its three runs were open at the same time
-        assert len(members) == 3 and max(start for start, _ in members) < min(end for _, end in members), depth
-    assert "12 points: 12 done" in invoke(store, *args)  # nothing left to train
-    assert len(training_runs(store)) == 12
+    for depth, members in spans.items():  # one pack per depth: its two runs were open at the same time
+        assert len(members) == 2 and max(start for start, _ in members) < min(end for _, end in members), depth
+    assert "8 points: 8 done" in invoke(store, *args)  # nothing left to train
+    assert len(training_runs(store)) == 8
     assert "Error: pack: expected a whole number >= 1 or auto, got '0'" in invoke(store, "depth", "--pack", "0", expect=2)
 
 
