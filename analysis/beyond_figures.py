@@ -21,7 +21,7 @@ from analysis.aggregate import Estimates, numeric
 from analysis.beyond import MAX_PANELS, CurvePanel
 from analysis.dynamics import add_legend, mark_vertical, new_axes
 from analysis.figures import FORMATS, save_figure
-from analysis.render import fmt_value
+from analysis.render import count, fmt_value
 
 LAYER_PANEL_SIZE = (5.4, 3.8)  # room for a legend of every layer
 IMBALANCE_PANELS = (  # (summary column, panel title, y label, log y)
@@ -55,7 +55,7 @@ def figure_layerwise(estimates: Estimates) -> Figure | None:
             series = panel.curves[layer].dropna()
             ax.plot(series.index, series.to_numpy(), color=color, linewidth=1.2, label=f"layer {layer}",
                     gid=f"layer {layer}")
-        ax.set(title=f"{panel.label} ({len(panel.runs)} seeds)", xlabel="epoch", ylabel="NC1 of the layer's output")
+        ax.set(title=f"{panel.label} ({count(len(panel.runs), 'seed')})", xlabel="epoch", ylabel="NC1 of the layer's output")
         _mark_panel(ax, panel)
         ax.legend(fontsize="x-small", loc="lower left", ncols=2)  # the curves fall from the upper left
     axes[0].figure.suptitle("Layer-wise NC1 (mean over seeds)")
@@ -107,7 +107,7 @@ def figure_train_test_nc1(estimates: Estimates) -> Figure | None:
             if key in panel.curves:
                 series = panel.curves[key].dropna()
                 ax.plot(series.index, series.to_numpy(), color=color, linewidth=1.2, label=label, gid=key)
-        ax.set(title=f"{panel.label} ({len(panel.runs)} seeds)", xlabel="epoch", ylabel="NC1")
+        ax.set(title=f"{panel.label} ({count(len(panel.runs), 'seed')})", xlabel="epoch", ylabel="NC1")
         _mark_panel(ax, panel)
     axes[0].figure.suptitle("Test-set collapse: NC1 on the training and the test set (mean over seeds)")
     return axes[0].figure
