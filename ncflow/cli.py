@@ -285,10 +285,12 @@ def sweep(
 @click.option("--experiment", default=None, help="MLflow experiment (default: ncflow).")
 @click.option("--out", default="report", show_default=True, type=click.Path(file_okay=False), help="Where the report goes.")
 @click.option("--dry-run", is_flag=True, help="List the program's distinct points, their state and the projected time; train nothing.")
+@click.option("--pack", default="1", show_default=True, metavar="N|auto", help="As for `ncflow sweep`: up to N points of one shape trained together in each worker.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def reproduce(
     dataset: str, sweep_names: str | None, seeds: str | None, settings: tuple[str, ...], workers: int,
-    storage: str | None, tracking_uri: str | None, experiment: str | None, out: str, dry_run: bool, quiet: bool,
+    storage: str | None, tracking_uri: str | None, experiment: str | None, out: str, dry_run: bool, pack: str,
+    quiet: bool,
 ) -> None:
     """Run the paper's MLP program (depth, weight-decay, activation, width, protocol, intervention, grid) once.
 
@@ -312,6 +314,7 @@ def reproduce(
         runnable, planned = program.plan_points(stages)
         journal = storage_url(storage)
         storage_kind(journal)
+        points_per_pack = parse_pack(pack)
     except ConfigError as error:
         raise InputError(str(error)) from None
     done = program.done_points(planned, uri, overrides["experiment"])
@@ -320,7 +323,8 @@ def reproduce(
         projection, _ = program.projected_seconds(todo, workers)
         click.echo(program.describe(planned, done, projection, workers))
         return
-    for label, line in program.run_program(runnable, journal, uri, overrides["experiment"], workers, not quiet):
+    for label, line in program.run_program(runnable, journal, uri, overrides["experiment"], workers, not quiet,
+                                           points_per_pack):
         click.echo(f"{label}: {line}")
     for item in planned:
         if item.skipped:

@@ -184,9 +184,10 @@ def done_points(planned: Sequence[PlannedPoint], tracking_uri: str, experiment: 
 
 def run_program(
     runnable: Sequence[tuple[Stage, list[GridPoint]]], storage: str, tracking_uri: str, experiment: str,
-    workers: int, progress: bool,
+    workers: int, progress: bool, pack: str = "1",
 ) -> list[tuple[str, str]]:
-    """Run each stage as its sweep (exactly once per point); (stage label, counts line) of each."""
+    """Run each stage as its sweep (exactly once per point, `pack` points per pack); (stage label, counts line)
+    of each."""
     from ncflow import sweeps
     from ncflow.sweep_plan import counts_line
 
@@ -194,7 +195,8 @@ def run_program(
     for stage, points in runnable:
         if not points:
             continue
-        run = sweeps.SweepRun(stage.sweep, dict(stage.overrides), storage, tracking_uri, experiment, workers, progress)
+        run = sweeps.SweepRun(stage.sweep, dict(stage.overrides), storage, tracking_uri, experiment, workers, progress,
+                              pack)
         states = sweeps.run_sweep(run, points)
         outcomes.append((stage.label, counts_line(states)))
     return outcomes

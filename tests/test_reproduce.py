@@ -66,3 +66,5 @@ def test_dry_run_lists_the_program_without_training(tmp_path, monkeypatch):
     assert f"projected time for the todo points with 1 worker(s): {hours:.1f} h" in result.output
     bad = CliRunner().invoke(main, ["reproduce", "--sweeps", "depth,nope", "--dry-run", "--tracking-uri", uri])
     assert bad.exit_code == 2 and "--sweeps: expected names from depth" in bad.output
+    bad = CliRunner().invoke(main, ["reproduce", "--pack", "x", "--dry-run", "--tracking-uri", uri])
+    assert bad.exit_code == 2 and "Error: pack: expected a whole number >= 1 or auto, got 'x'" in bad.output
