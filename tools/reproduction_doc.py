@@ -27,6 +27,7 @@ from analysis import contract  # noqa: E402
 from analysis.report import Source, build_report, experiments_read, read_runs  # noqa: E402
 
 COMMAND = "nohup tools/reproduce_mnist5k.sh >> reproduction/reproduce.log 2>&1 &   # = ncflow reproduce --dataset mnist-5k --workers 2"
+STORE_NAME = "a store imported from docs/reproduction/runs (`tools/carry_runs.py import`)"
 PROGRAM_RUNS = 49  # `ncflow reproduce --dataset mnist-5k --dry-run`: trainable distinct points (12 grid cells skipped)
 
 DIFFERENCES = """\
@@ -107,7 +108,10 @@ def main() -> int:
     report_dir = args.out / "reproduction" / "report"
     outcome = build_report(source, report_dir, ("md", "csv"), ("png",), force=True, compare=True)
     runs = read_runs(source)
-    report = (report_dir / "report.md").read_text()
+    report_file = report_dir / "report.md"
+    # The committed report names no path of the machine that built it: the store is the carried runs, imported.
+    report = report_file.read_text().replace(args.tracking_uri, STORE_NAME)
+    report_file.write_text(report, encoding="utf-8")
     body = report.split("## Beside the paper", 1)[1] if "## Beside the paper" in report else report
     body = body.replace("](tables/", "](reproduction/report/tables/").replace("](figures/", "](reproduction/report/figures/")
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
