@@ -82,19 +82,23 @@ def layerwise_table(study: LayerStudy | None) -> Table | None:
     return Table(title, pd.DataFrame(rows), [LAYER_NOTE, *study.selection.notes()], frame)
 
 
+def _counts(row: tuple) -> dict[str, object]:
+    """The `N` and `Collapsed k/N` cells of one value's summary row."""
+    return {"N": row.n, "Collapsed": f"{row.n_collapsed}/{row.n}"}
+
+
 def imbalance_table(study: ValueStudy | None) -> Table | None:
     """Per imbalance ratio ρ: N, Collapsed, final NC1, NC2, minority (mean) collapse, test accuracy, T_NC."""
     if study is None:
         return None
     rows = []
     for row in study.summary.itertuples(index=False):
-        k = row.n_collapsed
         rows.append({
-            "ρ": fmt_value("imbalance_ratio", row.imbalance_ratio), "N": row.n, "Collapsed": f"{k}/{row.n}",
+            "ρ": fmt_value("imbalance_ratio", row.imbalance_ratio), **_counts(row),
             "Final NC1": fmt_pm_sig(row.nc1, row.n), "Final NC2": fmt_pm_sig(row.nc2, row.n),
             "Minority collapse": fmt_pm(row.minority_collapse, 3, row.n),
             "Minority mean collapse": fmt_pm(row.minority_mean_collapse, 3, row.n),
-            "Test acc. (%)": fmt_pct_pm(row.test_acc), "T_NC": fmt_t_nc(row.T_NC, k),
+            "Test acc. (%)": fmt_pct_pm(row.test_acc), "T_NC": fmt_t_nc(row.T_NC, row.n_collapsed),
         })
     used = study.used
     profiles = sorted(set(map(str, used.loc[pd.to_numeric(used["imbalance_ratio"], errors="coerce") > 1,
@@ -113,8 +117,8 @@ def etf_table(study: ValueStudy | None) -> Table | None:
     for row in study.summary.itertuples(index=False):
         k = row.n_collapsed
         rows.append({
-            "Classifier": HEAD_NAMES.get(str(row.classifier), str(row.classifier)), "N": row.n,
-            "Collapsed": f"{k}/{row.n}", "T_NC": fmt_t_nc(row.T_NC, k),
+            "Classifier": HEAD_NAMES.get(str(row.classifier), str(row.classifier)), **_counts(row),
+            "T_NC": fmt_t_nc(row.T_NC, k),
             "fn* (mean ± std)": "—" if k == 0 else fmt_pm(row.fn_star, 3, k),
             "Test acc. (%)": fmt_pct_pm(row.test_acc), "Final NC1": fmt_pm_sig(row.nc1, row.n),
         })

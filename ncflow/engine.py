@@ -252,10 +252,11 @@ def measure_epoch(setup: Setup) -> dict[str, float]:
             **test_collapse(test_features, data.test_y, head, data.num_classes), **by_layer}
 
 
-def training_set_angles(setup: Setup) -> list[float] | None:
-    """The pairwise angles between the training set's centred class means now (one extra eval pass), or None
-    when the features are not finite."""
-    _, features = predict_in_chunks(setup.model, setup.data.train_x)
+def training_set_angles(setup: Setup, features: torch.Tensor | None = None) -> list[float] | None:
+    """The pairwise angles between the training set's centred class means now (one extra eval pass unless the
+    training set's `features` are given), or None when the features are not finite."""
+    if features is None:
+        _, features = predict_in_chunks(setup.model, setup.data.train_x)
     if not torch.isfinite(features).all():
         return None
     return class_mean_angles(features, setup.data.train_y, setup.data.num_classes)

@@ -1,6 +1,6 @@
 """The per-epoch metrics a run measures only under an option, and what a finished run keeps of them.
 
-- `--layerwise true`: `layers/<l>/{nc1,nc1_pinv,nc2,fn}` of every layer's output (ncflow.models.layer_count), from
+- `--layerwise`: `layers/<l>/{nc1,nc1_pinv,nc2,fn}` of every layer's output (ncflow.models.layer_count), from
   the same eval pass as the penultimate metrics; the last layer *is* the penultimate feature, so its values are
   copied from `nc/*` rather than computed twice. At the end: `collapse/layers/<l>/T_NC` (the first epoch the
   layer's NC1 is below the run's ε), `layers.csv` and `figures/layers.png`.

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from torch import Tensor
 
 from analysis import contract
 from ncflow import engine, optional_metrics, run_artifacts, run_care, run_summary, tracking
@@ -78,25 +79,28 @@ def record_results(setup: Setup, record: RunRecord, sink: RecordSink) -> dict[st
     record.artifact_bytes(contract.CONFIG_FILE, run_artifacts.config_json(setup.config))
     figure = run_artifacts.dynamics_figure_png(record.run_id, setup.history, summary, setup.config)
     record.artifact_bytes(contract.DYNAMICS_FIGURE, figure)
-    record_angles(setup, record)
-    record_optional(setup, record, sink)
+    _, features = predict_in_chunks(setup.model, setup.data.train_x)  # the end's features, one pass for both
+    record_angles(setup, record, features)
+    record_optional(setup, record, sink, features)
     last = setup.history[-1] if setup.history else None
     note = run_summary.description(record.run_id, setup.config, detector.status, summary, last)
     record.tags({contract.TAG_NOTE: note})
     return summary
 
 
-def record_angles(setup: Setup, record: RunRecord) -> None:
-    """class_mean_angles.json and its histogram: the pairwise class-mean angles at T_NC and at the end."""
-    at_end = engine.training_set_angles(setup)
+def record_angles(setup: Setup, record: RunRecord, features: Tensor) -> None:
+    """class_mean_angles.json and its histogram: the pairwise class-mean angles at T_NC and at the end (from the
+    training set's final `features`)."""
+    at_end = engine.training_set_angles(setup, features)
     detector, classes = setup.detector, setup.data.num_classes
     args = (classes, setup.angles_at_collapse, at_end, detector.t_nc, detector.last_epoch)
     record.artifact_bytes(contract.ANGLES_FILE, run_artifacts.angles_json(*args))
     record.artifact_bytes(contract.ANGLES_FIGURE, run_artifacts.angles_figure_png(*args, title=run_name(setup.config)))
 
 
-def record_optional(setup: Setup, record: RunRecord, sink: RecordSink) -> None:
-    """Under `--layerwise`: each layer's T_NC, layers.csv and its figure; under imbalance: class_nc1.csv."""
+def record_optional(setup: Setup, record: RunRecord, sink: RecordSink, features: Tensor) -> None:
+    """Under `--layerwise`: each layer's T_NC, layers.csv and its figure; under imbalance: class_nc1.csv (from the
+    training set's final `features`)."""
     config = setup.config
     if config.layerwise:
         sink.summary(optional_metrics.layer_collapse_epochs(setup.history, config, setup.detector.threshold))
@@ -104,7 +108,6 @@ def record_optional(setup: Setup, record: RunRecord, sink: RecordSink) -> None:
         figure = optional_metrics.layers_figure_png(setup.history, config, run_name(config))
         record.artifact_bytes(contract.LAYERS_FIGURE, figure)
     if setup.minority is not None:
-        _, features = predict_in_chunks(setup.model, setup.data.train_x)
         table = optional_metrics.class_nc1_csv(features, setup.data.train_y, setup.class_counts, setup.minority)
         record.artifact_bytes(contract.CLASS_NC1_FILE, table)
 
