@@ -20,15 +20,23 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from analysis import contract, stats
+from analysis import stats
 from analysis.beyond import Beyond
-from analysis.contract import FN_STAR, T_NC
 from analysis.early_warning import LeadTime, lead_time_estimates
 from analysis.selection import (
-    Histories, Selection, column, family_selection, grid_cells, histories_by_run, is_intervention, other_sweeps,
+    Histories,
+    Selection,
+    column,
+    family_selection,
+    grid_cells,
+    histories_by_run,
+    is_intervention,
+    other_sweeps,
     select,
 )
 from analysis.stats import AnovaResult, Correlation, Effect, GridEffects, RegressionResult, Summary
+from ncshared import schema
+from ncshared.schema import FN_STAR, T_NC
 
 POOLED_PARAMS = ("depth", "weight_decay", "width")  # the families Table 5 pools
 
@@ -41,7 +49,7 @@ def summaries(used: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     rows = []
     for value, group in used.groupby(list(by), sort=True, dropna=False):
         collapsed = group[column(group, T_NC).notna()]
-        thresholds = column(group, contract.COLLAPSE_THRESHOLD).dropna().unique()
+        thresholds = column(group, schema.COLLAPSE_THRESHOLD).dropna().unique()
         rows.append({
             **dict(zip(by, value if isinstance(value, tuple) else (value,))),
             "n": len(group),
@@ -49,7 +57,7 @@ def summaries(used: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
             "threshold": float(thresholds[0]) if len(thresholds) == 1 else math.nan,
             "T_NC": stats.describe(column(collapsed, T_NC)),
             "fn_star": stats.describe(column(collapsed, FN_STAR)),
-            "final_nc1": float(column(group[column(group, T_NC).isna()], contract.NC1).mean()),
+            "final_nc1": float(column(group[column(group, T_NC).isna()], schema.NC1).mean()),
             "runs": ", ".join(sorted(map(str, column(group, "run_name")))),
         })
     return pd.DataFrame(rows)
@@ -116,10 +124,10 @@ class Threshold:
 
 def threshold_ratios(runs: pd.DataFrame) -> Threshold | None:
     """Table 1's numbers (a condition is a run name without its seed); None when no run logged both ε."""
-    at01, at02 = contract.fn_star_at(0.01), contract.fn_star_at(0.02)
+    at01, at02 = schema.fn_star_at(0.01), schema.fn_star_at(0.02)
     used = select(runs).used
     relu = column(used, "activation") == "relu"
-    used = used[relu & (column(used, contract.COLLAPSE_THRESHOLD) == 0.01) & ~is_intervention(used)]
+    used = used[relu & (column(used, schema.COLLAPSE_THRESHOLD) == 0.01) & ~is_intervention(used)]
     used = used[column(used, at01).notna() & column(used, at02).notna()]
     if used.empty:
         return None
@@ -221,7 +229,7 @@ def intervention_estimates(family: Family) -> Intervention:
     rows = []
     for alpha in family.summary["rescale_alpha"]:
         treated = collapsed.loc[collapsed["rescale_alpha"] == alpha, T_NC]
-        after = column(used[used["rescale_alpha"] == alpha], contract.INTERVENTION_FN_AFTER).dropna()
+        after = column(used[used["rescale_alpha"] == alpha], schema.INTERVENTION_FN_AFTER).dropna()
         rows.append({
             "rescale_alpha": alpha, "fn_after": float(after.mean()) if len(after) else math.nan,
             "p_welch": stats.t_test(treated, control).p if alpha != 1.0 else math.nan,
@@ -263,7 +271,7 @@ class Estimates:
     """The estimates of one runs frame (and its histories, long or split by run), each computed on first use."""
 
     def __init__(self, runs: pd.DataFrame, histories: Histories | None = None,
-                 lead: float = contract.DEFAULT_LEAD) -> None:
+                 lead: float = schema.DEFAULT_LEAD) -> None:
         self.runs = runs
         self.histories = histories
         self.lead = lead  # the fixed lead of the early-warning rule T_cross + lead

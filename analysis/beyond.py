@@ -1,7 +1,7 @@
 """The numbers behind the four beyond-the-paper studies, computed once per `Estimates` (`Estimates.beyond`).
 
 - Layer-wise collapse (`--layerwise`, `ncflow sweep layerwise`): per condition and hidden layer, N, the runs whose
-  layer reached NC1 < ε (`contract.layer_t_nc`) and their T_NC, the final NC1 and NC2 (the latest `layers/<l>/*`),
+  layer reached NC1 < ε (`schema.layer_t_nc`) and their T_NC, the final NC1 and NC2 (the latest `layers/<l>/*`),
   and the seeds' mean NC1 curve of every layer (from `layers.csv`, which `analysis.layer_store` appends to the
   histories).
 - Class imbalance (`ncflow sweep imbalance`): per imbalance ratio ρ, the final NC1, NC2, minority collapse and
@@ -26,19 +26,20 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis import contract, stats
+from analysis import stats
 from analysis.render import arch_label
 from analysis.selection import Selection, column, is_intervention, is_layerwise, select
+from ncshared import schema
 
 if TYPE_CHECKING:  # aggregate imports this module
     from analysis.aggregate import Estimates
 
 IMBALANCE_METRICS = {  # summary column → the run's metric (its latest value)
-    "nc1": contract.NC1, "nc2": contract.NC2, "minority_collapse": contract.MINORITY_COLLAPSE,
-    "minority_mean_collapse": contract.MINORITY_MEAN_COLLAPSE, "test_acc": contract.TEST_ACC, "T_NC": contract.T_NC,
+    "nc1": schema.NC1, "nc2": schema.NC2, "minority_collapse": schema.MINORITY_COLLAPSE,
+    "minority_mean_collapse": schema.MINORITY_MEAN_COLLAPSE, "test_acc": schema.TEST_ACC, "T_NC": schema.T_NC,
 }
-HEAD_METRICS = {"T_NC": contract.T_NC, "fn_star": contract.FN_STAR, "test_acc": contract.TEST_ACC,
-                "nc1": contract.NC1}
+HEAD_METRICS = {"T_NC": schema.T_NC, "fn_star": schema.FN_STAR, "test_acc": schema.TEST_ACC,
+                "nc1": schema.NC1}
 HEAD_ORDER = ("learned", "etf")
 MAX_PANELS = 4  # conditions in the train-vs-test figure (and the layer-wise figure)
 _SEED_SUFFIX = re.compile(r"-s\d+$")
@@ -62,7 +63,7 @@ def switch_epoch(runs: pd.DataFrame) -> float:
 
 def threshold_of(runs: pd.DataFrame) -> float:
     """The runs' ε (`collapse/threshold`) when they share one, else NaN."""
-    values = column(runs, contract.COLLAPSE_THRESHOLD).dropna().unique()
+    values = column(runs, schema.COLLAPSE_THRESHOLD).dropna().unique()
     return float(values[0]) if len(values) == 1 else math.nan
 
 
@@ -77,7 +78,7 @@ def mean_curves(lookup: Mapping[str, pd.DataFrame], runs: pd.DataFrame, metrics:
         if series:
             columns[key] = pd.concat(series, axis=1).mean(axis=1)
     frame = pd.DataFrame(columns).sort_index()
-    frame.index.name = contract.HISTORY_EPOCH
+    frame.index.name = schema.HISTORY_EPOCH
     return frame
 
 
@@ -95,7 +96,7 @@ def value_summaries(used: pd.DataFrame, param: str, metrics: Mapping[str, str],
     rows = []
     for value in sorted(values.unique(), key=lambda v: (v not in order, order.index(v) if v in order else 0, v)):
         group = used[values == value]
-        rows.append({param: value, "n": len(group), "n_collapsed": int(column(group, contract.T_NC).notna().sum()),
+        rows.append({param: value, "n": len(group), "n_collapsed": int(column(group, schema.T_NC).notna().sum()),
                      **{key: stats.describe(column(group, metric)) for key, metric in metrics.items()}})
     return pd.DataFrame(rows)
 
@@ -107,7 +108,7 @@ def layers_of(runs: pd.DataFrame) -> list[int]:
     """The hidden layers (1-based) any of `runs` logged a final `layers/<l>/*` or a layer T_NC for."""
     found = set()
     for name in runs.columns:
-        layer = contract.layer_of(name.removeprefix("collapse/"))
+        layer = schema.layer_of(name.removeprefix("collapse/"))
         if layer is not None and runs[name].notna().any():
             found.add(layer)
     return sorted(found)
@@ -118,11 +119,11 @@ def layer_summaries(used: pd.DataFrame) -> pd.DataFrame:
     Summary cells of the layer's T_NC (over the runs that reached it) and its final NC1 and NC2."""
     rows = []
     for layer in layers_of(used):
-        t_nc = column(used, contract.layer_t_nc(layer))
+        t_nc = column(used, schema.layer_t_nc(layer))
         rows.append({"layer": layer, "n": len(used), "n_collapsed": int(t_nc.notna().sum()),
                      "T_NC": stats.describe(t_nc),
-                     "nc1": stats.describe(column(used, contract.layer_metric(layer, "nc1"))),
-                     "nc2": stats.describe(column(used, contract.layer_metric(layer, "nc2")))})
+                     "nc1": stats.describe(column(used, schema.layer_metric(layer, "nc1"))),
+                     "nc2": stats.describe(column(used, schema.layer_metric(layer, "nc2")))})
     return pd.DataFrame(rows)
 
 
@@ -165,7 +166,7 @@ def layer_study(runs: pd.DataFrame, lookup: Mapping[str, pd.DataFrame]) -> Layer
     conditions = []
     for _, group in used.groupby(key, sort=False):
         label = condition_label(group)
-        layers = {layer: contract.layer_metric(layer, "nc1") for layer in layers_of(group)}
+        layers = {layer: schema.layer_metric(layer, "nc1") for layer in layers_of(group)}
         panel = CurvePanel(label, group, mean_curves(lookup, group, layers), switch_epoch(group), threshold_of(group))
         conditions.append(LayerCondition(label, group, layer_summaries(group), panel))
     return LayerStudy(chosen, tuple(sorted(conditions, key=lambda c: c.label)))
@@ -203,7 +204,7 @@ def train_test_panels(estimates: "Estimates") -> tuple[CurvePanel, ...]:
     test-set NC1 history: the depth family's (evenly spread over its depths), else the conditions with most runs."""
     lookup = estimates.lookup
     has_test = [run_id for run_id, wide in lookup.items()
-                if contract.TEST_NC1 in wide and wide[contract.TEST_NC1].notna().any()]
+                if schema.TEST_NC1 in wide and wide[schema.TEST_NC1].notna().any()]
     if not has_test:
         return ()
     groups: list[tuple[str, pd.DataFrame]] = []
@@ -221,7 +222,7 @@ def train_test_panels(estimates: "Estimates") -> tuple[CurvePanel, ...]:
         key = used["condition"].fillna(used["run_id"]) if "condition" in used.columns else used["run_id"]
         ranked = sorted(((condition_label(g), g) for _, g in used.groupby(key)), key=lambda lg: (-len(lg[1]), lg[0]))
         groups = ranked[:MAX_PANELS]
-    metrics = {"train": contract.NC1, "test": contract.TEST_NC1}
+    metrics = {"train": schema.NC1, "test": schema.TEST_NC1}
     return tuple(CurvePanel(label, group, mean_curves(lookup, group, metrics), switch_epoch(group),
                             threshold_of(group)) for label, group in groups)
 

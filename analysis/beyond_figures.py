@@ -19,9 +19,9 @@ from matplotlib.figure import Figure
 
 from analysis.aggregate import Estimates, numeric
 from analysis.beyond import MAX_PANELS, CurvePanel
-from analysis.dynamics import add_legend, mark_vertical, new_axes
 from analysis.figures import FORMATS, save_figure
 from analysis.render import count, fmt_value
+from ncshared.dynamics_figure import add_legend, mark_vertical, new_axes
 
 LAYER_PANEL_SIZE = (5.4, 3.8)  # room for a legend of every layer
 IMBALANCE_PANELS = (  # (summary column, panel title, y label, log y)

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis import contract, paper, stats
+from analysis import paper, stats
 from analysis.aggregate import Estimates
 from analysis.render import Table, arch_label
 from analysis.selection import column, is_intervention, select
+from ncshared import schema
 
 HOLDS, FAILS, TOO_FEW = "holds", "does not hold", "not enough runs"
 MIN_SEEDS = 3  # runs a per-condition statement needs (the paper's N)
@@ -43,8 +44,8 @@ def pair_fn_stars(runs: pd.DataFrame) -> dict[tuple[str, str], stats.Summary]:
     modal = used.groupby(["arch", "dataset"])["cell_arch"].agg(lambda labels: labels.value_counts().index[0])
     pairs = set(zip(modal, modal.index.get_level_values("dataset")))  # the most-run depth, collapsed or not
     used = used[[(label, data) in pairs for label, data in zip(used["cell_arch"], used["dataset"])]]
-    used = used[column(used, contract.T_NC).notna()]
-    return {(str(label), str(data)): stats.describe(group[contract.FN_STAR])
+    used = used[column(used, schema.T_NC).notna()]
+    return {(str(label), str(data)): stats.describe(group[schema.FN_STAR])
             for (label, data), group in used.groupby(["cell_arch", "dataset"], sort=True)}
 
 
@@ -106,8 +107,8 @@ def claim_intervention_same_fn_star(estimates: Estimates) -> Claim:
     test = "Welch t-test of fn* at α = 0.3 and α = 3 against α = 1: p > 0.2 for both"
     published = ", ".join(f"α={a:g}: {row.fn_star[0]:.3f}" for a, row in paper.TABLE8.items())
     family = estimates.family("rescale_alpha")
-    used = family.used[column(family.used, contract.T_NC).notna()] if not family.empty else family.used
-    groups = {a: column(used[used["rescale_alpha"] == a], contract.FN_STAR).to_numpy() for a in (1.0, 0.3, 3.0)}
+    used = family.used[column(family.used, schema.T_NC).notna()] if not family.empty else family.used
+    groups = {a: column(used[used["rescale_alpha"] == a], schema.FN_STAR).to_numpy() for a in (1.0, 0.3, 3.0)}
     if family.empty or any(len(v) < 2 for v in groups.values()):
         return Claim(claim, test, published, f"collapsed runs per α: {({a: len(v) for a, v in groups.items()})}", TOO_FEW)
     p = {a: stats.t_test(groups[a], groups[1.0]).p for a in (0.3, 3.0)}
@@ -122,8 +123,8 @@ def claim_ce_only(estimates: Estimates) -> Claim:
     published = f"min NC1 {paper.CE_ONLY['nc1_min']}, final {paper.CE_ONLY['nc1_final']}"
     family = estimates.family("protocol")
     runs = family.used[column(family.used, "protocol") == "ce-only"] if not family.empty else family.used
-    minima = [float(h[contract.NC1].min()) for run_id in runs.get("run_id", [])
-              if (h := estimates.lookup.get(str(run_id))) is not None and contract.NC1 in h]
+    minima = [float(h[schema.NC1].min()) for run_id in runs.get("run_id", [])
+              if (h := estimates.lookup.get(str(run_id))) is not None and schema.NC1 in h]
     if not minima:
         return Claim(claim, test, published, "no CE-only run with a history", TOO_FEW)
     ours = f"min NC1 {min(minima):.3f} over {len(minima)} run(s)"

@@ -20,9 +20,11 @@ import click
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
-from analysis import contract, report as reporting, store
+from analysis import report as reporting
+from analysis import store
 from analysis.report import MANIFEST, Source
 from analysis.selection import column
+from ncshared import schema
 
 TABLE_FORMATS = ("md", "csv", "tex")
 FIGURE_FORMATS = ("png", "pdf")
@@ -65,7 +67,7 @@ def source_options(command: Callable[..., Any]) -> Callable[..., Any]:
                   help="Only runs of this MLflow experiment. Default (or `all`): every experiment, so runs of "
                        "`mlflow run .` (experiment Default) and of `ncflow train` (experiment ncflow) are both found.")
     @click.option("--sweep", default=None, metavar="NAME",
-                  help=f"Only runs of this sweep (tag {contract.TAG_SWEEP}); `all`: every run.")
+                  help=f"Only runs of this sweep (tag {schema.TAG_SWEEP}); `all`: every run.")
     @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                   help="History cache (default: $NCFLOW_ANALYSIS_CACHE or ~/.cache/ncflow-analysis).")
     @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar while fetching.")
@@ -91,7 +93,7 @@ def runs_listing(frame: pd.DataFrame) -> str:
 
     listing = pd.DataFrame({
         "run": frame["run_name"], "sweep": frame["sweep"].fillna("-"), "status": frame["status"].fillna("-"),
-        "T_NC": text(contract.T_NC, ".0f"), "fn*": text(contract.FN_STAR, ".3f"), "NC1": text(contract.NC1, ".4f"),
+        "T_NC": text(schema.T_NC, ".0f"), "fn*": text(schema.FN_STAR, ".3f"), "NC1": text(schema.NC1, ".4f"),
     })
     counts = frame["status"].fillna("untagged").value_counts().sort_index()
     summary = f"{len(frame)} runs: " + ", ".join(f"{n} {status}" for status, n in counts.items())
@@ -156,7 +158,7 @@ def figures(source: Source, out: Path, formats: tuple[str, ...]) -> None:
 @formats_option("--figure-format", "figure_formats", FIGURE_FORMATS, "figure")
 @click.option("--force", is_flag=True, help=f"Rebuild everything even when OUT/{MANIFEST} says it is up to date.")
 @click.option("--log", "log_run", is_flag=True,
-              help=f"Record the report as an MLflow run ({contract.TAG_KIND}={contract.KIND_ANALYSIS}).")
+              help=f"Record the report as an MLflow run ({schema.TAG_KIND}={schema.KIND_ANALYSIS}).")
 @click.option("--compare", type=click.Choice(["paper", "none"]), default="none", show_default=True,
               help="paper: the paper's published values beside ncflow's in every reproduced table, and a claims "
                    "table (each finding tested on these runs: holds / does not hold / not enough runs).")
@@ -178,7 +180,7 @@ def report(source: Source, out: Path, formats: tuple[str, ...], figure_formats: 
         click.echo(outcome.describe())
         if log_run:
             run_id = reporting.log_report(source, out, outcome.n_runs)
-            experiment = source.experiment or contract.DEFAULT_EXPERIMENT
+            experiment = source.experiment or schema.DEFAULT_EXPERIMENT
             click.echo(f"logged as MLflow run {run_id} in experiment {experiment!r}")
 
 

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 
 from analysis import stats
-from analysis.contract import FN, FN_STAR, PHASE, T_NC
 from analysis.selection import Histories, Selection, column, histories_by_run
 from analysis.stats import LeadTimeStats
+from ncshared.schema import FN, FN_STAR, PHASE, T_NC
 
 
 def phase2_start(history: pd.DataFrame, phase1_epochs: float) -> float:

@@ -2,7 +2,7 @@
 
 Each `figure_*` lays out one figure from the estimates — the runs a family uses, their wide histories
 (`Estimates.lookup`) and the numbers computed once for the tables too — out of the panels of `analysis.plots`
-(and `analysis.dynamics` for Figure 1), or returns None when its runs do not exist. `build_figures` writes every
+(and `ncshared.dynamics_figure` for Figure 1), or returns None when its runs do not exist. `build_figures` writes every
 figure as PNG and PDF, each laid out once (`freeze_layout`) and then drawn once per format.
 """
 
@@ -17,12 +17,12 @@ from matplotlib.figure import Figure
 from matplotlib.layout_engine import PlaceHolderLayoutEngine
 
 from analysis.aggregate import Estimates
-from analysis.contract import COLLAPSE_THRESHOLD, FN, NC1, TRAIN_ACC
-from analysis.dynamics import DPI, add_legend, mark_vertical, new_axes, plot_dynamics, run_value
 from analysis.plots import plot_fn_star_points, plot_lead_time, plot_power_law, plot_sweep, plot_trajectories
 from analysis.render import LABELS, fmt_value
 from analysis.selection import baseline_run, column, first_seed
 from analysis.stats import Summary
+from ncshared.dynamics_figure import DPI, add_legend, mark_vertical, new_axes, plot_dynamics, run_value
+from ncshared.schema import COLLAPSE_THRESHOLD, FN, NC1, TRAIN_ACC
 
 FORMATS = ("png", "pdf")
 GRID_FIGURES = {"cifar10": "fig2", "mnist": "fig7"}  # the dataset of each ResNet-20 condition figure

@@ -1,6 +1,6 @@
-"""The layer-wise runs' `contract.LAYERS_FILE` artifacts, as the long per-epoch frame of `store.load_histories`.
+"""The layer-wise runs' `schema.LAYERS_FILE` artifacts, as the long per-epoch frame of `store.load_histories`.
 
-A run trained with `--layerwise` logs `layers/<l>/<name>` (`contract.layer_metric`) every epoch but keeps them out
+A run trained with `--layerwise` logs `layers/<l>/<name>` (`schema.layer_metric`) every epoch but keeps them out
 of `history.csv`: they come in an artifact of their own, `layers.csv` (`epoch`, then every `layers/<l>/<name>`).
 `load_layer_histories` reads it for each layer-wise run (`selection.is_layerwise`; a run without the artifact
 falls back to its `layers/…` metric histories) and caches each ended run's under `<cache dir>/layers/`, keyed by
@@ -18,13 +18,18 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from analysis import contract
 from analysis.run_history import (
-    History, HistoryCache, default_cache_dir, download_history_csv, history_from_metrics, quiet_artifact_downloads,
+    History,
+    HistoryCache,
+    default_cache_dir,
+    download_history_csv,
+    history_from_metrics,
+    quiet_artifact_downloads,
     to_long,
 )
 from analysis.selection import is_layerwise
 from analysis.store import StoreError, first_line, make_client
+from ncshared import schema
 
 LAYERS_CACHE = "layers"  # the subdirectory of the history cache holding the layer histories
 FETCH_WORKERS = 8
@@ -34,10 +39,10 @@ def fetch_layer_history(client: MlflowClient, tracking_uri: str, run: Mapping[st
     """One layer-wise run's `layers/<l>/<name>` per epoch: its `layers.csv`, else its metric histories."""
     artifact_uri = run.get("artifact_uri")
     if isinstance(artifact_uri, str) and artifact_uri:
-        history = download_history_csv(artifact_uri, tracking_uri, contract.LAYERS_FILE)
+        history = download_history_csv(artifact_uri, tracking_uri, schema.LAYERS_FILE)
         if history is not None:
             return history
-    return history_from_metrics(client, str(run["run_id"]), prefix=contract.LAYER_PREFIX)
+    return history_from_metrics(client, str(run["run_id"]), prefix=schema.LAYER_PREFIX)
 
 
 def load_layer_histories(

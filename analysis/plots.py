@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 
-from analysis.contract import FN, FN_STAR, NC1, NC2, NC3, PHASE, TEST_ACC, TRAIN_ACC
-from analysis.dynamics import add_legend, new_axes
 from analysis.render import LABELS, fmt_value, label
 from analysis.selection import Histories, column, histories_by_run
 from analysis.stats import RegressionResult, Summary
+from ncshared.dynamics_figure import add_legend, new_axes
+from ncshared.schema import FN, FN_STAR, NC1, NC2, NC3, PHASE, TEST_ACC, TRAIN_ACC
 
 METRIC_LABELS = {NC1: "NC1", FN: "fn (mean feature norm)", TRAIN_ACC: "train accuracy", TEST_ACC: "test accuracy",
                  NC2: "NC2", NC3: "NC3"}

@@ -6,7 +6,7 @@ paper's tables and figures (`analysis.tables`, `analysis.figures`), then the bey
 manifest (`MANIFEST`: a digest of its inputs and the files it wrote); a repeated report over an unchanged
 store finds the manifest matching and the files in place, and rewrites nothing (`force` rebuilds).
 `log_report` records the output directory as the artifacts of an MLflow run `analysis-…` (kind
-`contract.KIND_ANALYSIS`) in the experiment read (`contract.DEFAULT_EXPERIMENT` when every one was), or of the run `mlflow run` made for this process.
+`schema.KIND_ANALYSIS`) in the experiment read (`schema.DEFAULT_EXPERIMENT` when every one was), or of the run `mlflow run` made for this process.
 Never imports torch; tables and figures (scipy, matplotlib) are imported only when something is written.
 """
 
@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 import mlflow
 import pandas as pd
 
-from analysis import catalogue, contract, layer_store, store
-from analysis.mlflow_env import adopted_run_id, resolve_tracking_uri
+from analysis import catalogue, layer_store, store
 from analysis.run_history import ENDED_STATUSES
+from ncshared import schema
+from ncshared.mlflow_env import adopted_run_id, resolve_tracking_uri
 
 if TYPE_CHECKING:
     from analysis.aggregate import Estimates
@@ -261,15 +262,15 @@ def log_report(source: Source, out_dir: Path, n_runs: int) -> str:
     client, _ = store.make_client(source.tracking_uri)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     name = f"analysis-{source.sweep or 'all'}-{stamp}"
-    tags = {contract.TAG_KIND: contract.KIND_ANALYSIS, contract.TAG_ANALYSIS_RUNS: str(n_runs)}
+    tags = {schema.TAG_KIND: schema.KIND_ANALYSIS, schema.TAG_ANALYSIS_RUNS: str(n_runs)}
     adopted = adopted_run_id()
     if adopted:
-        for key, value in {**tags, contract.TAG_RUN_NAME: name}.items():
+        for key, value in {**tags, schema.TAG_RUN_NAME: name}.items():
             client.set_tag(adopted, key, value)
         client.log_artifacts(adopted, str(out_dir))
         return adopted
-    experiment = client.get_experiment_by_name(source.experiment or contract.DEFAULT_EXPERIMENT)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(contract.DEFAULT_EXPERIMENT)
+    experiment = client.get_experiment_by_name(source.experiment or schema.DEFAULT_EXPERIMENT)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(schema.DEFAULT_EXPERIMENT)
     run = client.create_run(experiment_id, run_name=name, tags=tags)
     try:
         client.log_artifacts(run.info.run_id, str(out_dir))

@@ -22,7 +22,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from analysis.contract import HISTORY_EPOCH, HISTORY_FILE, SUMMARY_PREFIXES
+from ncshared.schema import HISTORY_EPOCH, HISTORY_FILE, SUMMARY_PREFIXES
 
 ENDED_STATUSES = ("FINISHED", "FAILED", "KILLED")  # MLflow run statuses after which a run no longer changes
 LONG_COLUMNS = ("run_id", HISTORY_EPOCH, "metric", "value")

@@ -1,7 +1,7 @@
 """Which runs a table or figure uses, and each run's history as one row per epoch.
 
 A family is found by what its runs vary, not by where they were logged: the runs tagged with one of the
-family's sweep names (`contract.TAG_SWEEP`) fix the other design params, and every training run with those
+family's sweep names (`schema.TAG_SWEEP`) fix the other design params, and every training run with those
 params joins in — a sweep that skipped a grid point because another sweep had already trained it (same
 condition and seed) still gets its row. Without sweep tags, the largest family of runs that differ only in
 the varied param is used.
@@ -22,21 +22,21 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis import contract
 from analysis.render import arch_label, count
+from ncshared import schema
 
 # Params that define what was trained: every param but the seed, the bookkeeping and the early-warning settings
-# (`contract.NON_CONDITION_PARAMS`), and `init_from` (an intervention run is told apart by `is_intervention`).
+# (`schema.NON_CONDITION_PARAMS`), and `init_from` (an intervention run is told apart by `is_intervention`).
 DESIGN_PARAMS = (
     "dataset", "arch", "depth", "width", "activation", "optimizer", "lr", "momentum", "nesterov", "weight_decay",
     "schedule", "milestones", "lr_gamma", "batch_size", "phase1_epochs", "phase2_epochs", "protocol",
     "nc1_threshold", "rescale_alpha", "synthetic_classes", "synthetic_shape", "synthetic_per_class", "classifier",
     "imbalance_ratio", "imbalance_profile",
 )
-USED = (contract.STATUS_COLLAPSED, contract.STATUS_NOT_COLLAPSED)
-UNFINISHED = (contract.STATUS_FAILED, contract.STATUS_RUNNING)
+USED = (schema.STATUS_COLLAPSED, schema.STATUS_NOT_COLLAPSED)
+UNFINISHED = (schema.STATUS_FAILED, schema.STATUS_RUNNING)
 DIVERGENCE_RULE = "NC1 > 0.5 after epoch 300, or a non-finite loss"
-EPOCH = contract.HISTORY_EPOCH
+EPOCH = schema.HISTORY_EPOCH
 
 # Sweep names (the sweep tag) that identify each paper family, keyed by the param the family varies.
 SWEEP_NAMES: dict[str, tuple[str, ...]] = {
@@ -106,7 +106,7 @@ def training_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """Training runs only (sweep parents and analysis runs have no status tag)."""
     keep = column(runs, "status").notna()
     if "kind" in runs.columns:
-        keep &= runs["kind"].isna() | (runs["kind"] == contract.KIND_TRAIN)
+        keep &= runs["kind"].isna() | (runs["kind"] == schema.KIND_TRAIN)
     return runs[keep]
 
 
@@ -121,7 +121,7 @@ def select(runs: pd.DataFrame) -> Selection:
         order = column(used, "start_time").rank(method="first", na_option="bottom")
         deduped = used.assign(_order=order).sort_values("_order").drop_duplicates(key, keep="last")
         deduped = deduped.drop(columns="_order")
-    diverged = runs[status == contract.STATUS_DIVERGED]
+    diverged = runs[status == schema.STATUS_DIVERGED]
     return Selection(deduped, diverged, runs[status.isin(UNFINISHED)], len(used) - len(deduped))
 
 
@@ -201,7 +201,7 @@ def baseline_run(runs: pd.DataFrame) -> pd.Series | None:
     """Figure 1's run: the lowest seed of the collapsed two-phase MLP condition that the sweeps share —
     the one taking the most common value of the most design params (MLP-5, ReLU, width 512, λ = 1e-4)."""
     used = select(runs).used
-    collapsed = column(used, contract.T_NC).notna()
+    collapsed = column(used, schema.T_NC).notna()
     used = used[collapsed & ~is_intervention(used) & (column(used, "arch") == "mlp")]
     used = used[column(used, "protocol").isin(["two-phase"])]
     if used.empty:

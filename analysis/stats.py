@@ -24,7 +24,7 @@ from typing import Hashable, Mapping, Sequence
 import numpy as np
 from scipy import stats as sps
 
-from analysis.contract import DEFAULT_LEAD
+from ncshared.schema import DEFAULT_LEAD
 
 CONFIDENCE = 0.95
 N_RESAMPLES = 10_000

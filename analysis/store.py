@@ -1,15 +1,15 @@
 """Read ncflow runs from an MLflow tracking store (local `sqlite:///…` or `http://host:port`) into pandas.
 
-Two tidy frames, read once and cached (`analysis.contract` names what training writes):
+Two tidy frames, read once and cached (`ncshared.schema` names what training writes):
 
 - `load_runs` → one row per run. Columns, in order: `run_id, run_name, experiment_id, experiment` (its name),
   `mlflow_status, start_time, end_time` (ms, nullable Int64), `status, condition, sweep, fail_reason, divergence_reason,
   parent_run_id, kind` (the tags of `TAG_COLUMNS`), `artifact_uri`; then every param under its own name,
   parsed (`7` → int, `2e-4` and `0.0002` → 0.0002, `true`/`false` → bool, `none`/`off`/empty → None/NaN,
   anything else — `auto`, `300,450` — stays a string; a param added after a run was logged takes the value that
-  run trained with, `contract.ADDED_PARAM_DEFAULTS`); then every metric key as a float column holding the
-  run's latest value (summary metrics such as `contract.T_NC`, and the last epoch of per-epoch metrics such as
-  `contract.NC1`). A metric key that is also a param or fixed column name (`contract.LR`: the configured rate
+  run trained with, `schema.ADDED_PARAM_DEFAULTS`); then every metric key as a float column holding the
+  run's latest value (summary metrics such as `schema.T_NC`, and the last epoch of per-epoch metrics such as
+  `schema.NC1`). A metric key that is also a param or fixed column name (`schema.LR`: the configured rate
   vs the last epoch's rate) gets the column `metrics.<key>`.
 - `load_histories` → long frame `run_id, epoch, metric, value`: every per-epoch metric of every run. It reads
   the runs' histories concurrently (`analysis.run_history`: the history artifact, else the metric
@@ -17,7 +17,7 @@ Two tidy frames, read once and cached (`analysis.contract` names what training w
   report reads only local files. NaN values (a missing cell, or a logged NaN loss) are dropped; divergence is
   in the tags.
 
-The tracking URI is resolved as everywhere in ncflow (`analysis.mlflow_env.resolve_tracking_uri`). This module
+The tracking URI is resolved as everywhere in ncflow (`ncshared.mlflow_env.resolve_tracking_uri`). This module
 never imports torch (nor `ncflow`), so it runs on a laptop against a remote tracking server.
 """
 
@@ -37,23 +37,28 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
-from analysis import contract
-from analysis.mlflow_env import resolve_tracking_uri
 from analysis.run_history import (
-    History, HistoryCache, default_cache_dir, fetch_history, quiet_artifact_downloads, to_long,
+    History,
+    HistoryCache,
+    default_cache_dir,
+    fetch_history,
+    quiet_artifact_downloads,
+    to_long,
 )
+from ncshared import schema
+from ncshared.mlflow_env import resolve_tracking_uri
 
 FIXED_COLUMNS = (
     "run_id", "run_name", "experiment_id", "experiment", "mlflow_status", "start_time", "end_time", "status", "condition",
     "sweep", "fail_reason", "divergence_reason", "parent_run_id", "kind", "artifact_uri",
 )
 TAG_COLUMNS = {  # runs-frame column → the tag it holds
-    "status": contract.TAG_STATUS, "condition": contract.TAG_CONDITION, "sweep": contract.TAG_SWEEP,
-    "fail_reason": contract.TAG_FAIL_REASON, "divergence_reason": contract.TAG_DIVERGENCE_REASON,
-    "parent_run_id": contract.TAG_PARENT_RUN, "kind": contract.TAG_KIND,
+    "status": schema.TAG_STATUS, "condition": schema.TAG_CONDITION, "sweep": schema.TAG_SWEEP,
+    "fail_reason": schema.TAG_FAIL_REASON, "divergence_reason": schema.TAG_DIVERGENCE_REASON,
+    "parent_run_id": schema.TAG_PARENT_RUN, "kind": schema.TAG_KIND,
 }
-HISTORY_ARTIFACT = contract.HISTORY_FILE
-SUMMARY_PREFIXES = contract.SUMMARY_PREFIXES
+HISTORY_ARTIFACT = schema.HISTORY_FILE
+SUMMARY_PREFIXES = schema.SUMMARY_PREFIXES
 ANY_KIND = "any"  # `load_runs(kind=ANY_KIND)`: runs of every kind
 MLFLOW_STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
 NULL_WORDS = ("none", "off", "null", "")
@@ -159,14 +164,14 @@ def build_filter(sweep: str | None, status: str | None, kind: str, params: Mappi
     """
     clauses = []
     if sweep is not None:
-        clauses.append(f"tags.`{contract.TAG_SWEEP}` = {_quote(sweep)}")
+        clauses.append(f"tags.`{schema.TAG_SWEEP}` = {_quote(sweep)}")
     if status is not None:
         if status in MLFLOW_STATUSES:
             clauses.append(f"attributes.status = {_quote(status)}")
         else:
-            clauses.append(f"tags.`{contract.TAG_STATUS}` = {_quote(status)}")
-    if kind != ANY_KIND and (strict_kind or kind != contract.KIND_TRAIN):
-        clauses.append(f"tags.`{contract.TAG_KIND}` = {_quote(kind)}")
+            clauses.append(f"tags.`{schema.TAG_STATUS}` = {_quote(status)}")
+    if kind != ANY_KIND and (strict_kind or kind != schema.KIND_TRAIN):
+        clauses.append(f"tags.`{schema.TAG_KIND}` = {_quote(kind)}")
     for name, wanted in params.items():
         value = parse_param(str(wanted))
         if isinstance(value, str) and "`" not in name and not ("'" in value and '"' in value):
@@ -205,7 +210,7 @@ def run_record(run: Run, experiments: Mapping[str, str] | None = None,
     """(fixed columns, parsed params, metrics) of one run; `experiments` maps experiment ids to names."""
     info, tags = run.info, run.data.tags
     fixed = {
-        "run_id": info.run_id, "run_name": info.run_name or tags.get(contract.TAG_RUN_NAME),
+        "run_id": info.run_id, "run_name": info.run_name or tags.get(schema.TAG_RUN_NAME),
         "experiment_id": info.experiment_id, "experiment": (experiments or {}).get(info.experiment_id),
         "mlflow_status": info.status,
         "start_time": info.start_time, "end_time": info.end_time, "artifact_uri": info.artifact_uri,
@@ -231,7 +236,7 @@ def runs_frame(records: list[tuple[dict[str, Any], dict[str, Any], dict[str, flo
         column = f"metrics.{key}" if key in taken else key
         columns[column] = pd.Series([metrics.get(key, math.nan) for _, _, metrics in records], dtype=float)
     frame = pd.DataFrame(columns)
-    for name, default in contract.ADDED_PARAM_DEFAULTS.items():  # a run from before the param trained with this
+    for name, default in schema.ADDED_PARAM_DEFAULTS.items():  # a run from before the param trained with this
         if name in frame.columns:
             frame[name] = frame[name].where(frame[name].notna(), parse_param(default))
     return frame.sort_values(["start_time", "run_name", "run_id"], na_position="last").reset_index(drop=True)
@@ -252,8 +257,8 @@ def param_column(values: list[Any]) -> pd.Series:
 
 def _kind_matches(run: Run, kind: str) -> bool:
     """The training kind also accepts runs without a kind tag; other kinds were filtered by the server."""
-    train = contract.KIND_TRAIN
-    return kind != train or run.data.tags.get(contract.TAG_KIND, train) == train
+    train = schema.KIND_TRAIN
+    return kind != train or run.data.tags.get(schema.TAG_KIND, train) == train
 
 
 def _keep_params(frame: pd.DataFrame, params: Mapping[str, Any]) -> pd.DataFrame:
@@ -272,7 +277,7 @@ def load_runs(
     sweep: str | None = None,
     status: str | None = None,
     params: Mapping[str, str] | None = None,
-    kind: str = contract.KIND_TRAIN,
+    kind: str = schema.KIND_TRAIN,
 ) -> pd.DataFrame:
     """One row per run of `experiment` (None: every experiment); see the module docstring for the columns.
 

@@ -16,7 +16,17 @@ import pandas as pd
 
 from analysis.aggregate import Estimates, Family, numeric
 from analysis.render import (
-    LABELS, Table, arch_label, count, fmt_interval, fmt_num, fmt_p, fmt_pct, fmt_pm, fmt_threshold, fmt_value,
+    LABELS,
+    Table,
+    arch_label,
+    count,
+    fmt_interval,
+    fmt_num,
+    fmt_p,
+    fmt_pct,
+    fmt_pm,
+    fmt_threshold,
+    fmt_value,
 )
 from analysis.selection import SWEEP_NAMES, Histories, column, select
 from analysis.stats import GridEffects, Summary

@@ -52,9 +52,16 @@ from click.testing import CliRunner  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from analysis.cli import main as cli_main  # noqa: E402
-from analysis.contract import DEFAULT_EXPERIMENT  # noqa: E402
+from ncshared.schema import DEFAULT_EXPERIMENT  # noqa: E402
 from tests.mlflow_fixtures import (  # noqa: E402
-    DEFAULT_PARAMS, FakeRun, auto_threshold, fn_trajectory, log_run, make_fake_run, nc1_trajectory, start_mlflow_server,
+    DEFAULT_PARAMS,
+    FakeRun,
+    auto_threshold,
+    fn_trajectory,
+    log_run,
+    make_fake_run,
+    nc1_trajectory,
+    start_mlflow_server,
 )
 
 PHASE1 = 200
@@ -139,8 +146,8 @@ def time_stages(uri: str, out: Path, cache: Path, empty_cache: Path) -> dict[str
     from analysis import store
     from analysis.aggregate import Estimates
     from analysis.figures import build_figures, freeze_layout, make_figures
-    from analysis.dynamics import DPI
     from analysis.tables import build_tables
+    from ncshared.dynamics_figure import DPI
 
     seconds = {}
 

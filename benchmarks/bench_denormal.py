@@ -26,11 +26,11 @@ from pathlib import Path
 
 import torch
 
-from ncflow.config import build_config
-from ncflow.data import load_dataset
-from ncflow.models import build_model
-from ncflow.collapse import CollapseDetector
-from ncflow.engine import Setup, make_optimizer, make_scheduler, measure_epoch, train_one_epoch
+from ncflow.collapse.detector import CollapseDetector
+from ncflow.engine.config import build_config
+from ncflow.engine.data import load_dataset
+from ncflow.engine.loop import Setup, make_optimizer, make_scheduler, measure_epoch, train_one_epoch
+from ncflow.engine.models import build_model
 
 
 def make_setup(threads: int) -> Setup:

@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python benchmarks/bench_layerwise.py [--depth 5] [--dataset mnist-5k] [--repeats 10]
 
 Builds the paper's MLP (preset paper-mnist-mlp) twice from one seed, once with `layerwise` on, and times
-`engine.measure_epoch` (the eval pass over the full training and test sets and every metric) for each, alternating
+`loop.measure_epoch` (the eval pass over the full training and test sets and every metric) for each, alternating
 the arms so drift on a shared machine hits both; prints the medians, their ratio (the goal is ≤ 1.5×) and, for
 scale, one training epoch.
 """
@@ -17,8 +17,8 @@ from typing import Callable
 
 import torch
 
-from ncflow import engine
-from ncflow.config import build_config
+from ncflow.engine import loop
+from ncflow.engine.config import build_config
 
 
 def seconds(work: Callable[[], object]) -> float:
@@ -34,16 +34,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
     settings = {"dataset": args.dataset, "depth": args.depth}
-    plain = engine.prepare(build_config("paper-mnist-mlp", settings), None)
-    layered = engine.prepare(build_config("paper-mnist-mlp", {**settings, "layerwise": "true"}), None)
+    plain = loop.prepare(build_config("paper-mnist-mlp", settings), None)
+    layered = loop.prepare(build_config("paper-mnist-mlp", {**settings, "layerwise": "true"}), None)
     layered.model.load_state_dict(plain.model.state_dict())
     for setup in (plain, layered):  # warm-up
-        engine.measure_epoch(setup)
+        loop.measure_epoch(setup)
     times: dict[str, list[float]] = {"plain": [], "layerwise": []}
     for _ in range(args.repeats):
-        times["plain"].append(seconds(lambda: engine.measure_epoch(plain)))
-        times["layerwise"].append(seconds(lambda: engine.measure_epoch(layered)))
-    epoch = seconds(lambda: engine.train_one_epoch(plain, 1))
+        times["plain"].append(seconds(lambda: loop.measure_epoch(plain)))
+        times["layerwise"].append(seconds(lambda: loop.measure_epoch(layered)))
+    epoch = seconds(lambda: loop.train_one_epoch(plain, 1))
     base, with_layers = statistics.median(times["plain"]), statistics.median(times["layerwise"])
     print(f"MLP-{args.depth} on {args.dataset}: {len(plain.data.train_y)} training samples, "
           f"{torch.get_num_threads()} thread(s), median of {args.repeats}")

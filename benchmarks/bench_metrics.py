@@ -1,4 +1,4 @@
-"""Benchmark `ncflow.metrics.collapse_metrics` against the per-sample outer-product reference and a training epoch.
+"""Benchmark `ncflow.collapse.metrics.collapse_metrics` against the per-sample outer-product reference and a training epoch.
 
     python benchmarks/bench_metrics.py [--n 60000] [--d 512] [--classes 10] [--repeats 3] [--device cpu] [--threads 1]
 
@@ -49,7 +49,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ncflow.metrics import collapse_metrics  # noqa: E402
+from ncflow.collapse.metrics import collapse_metrics  # noqa: E402
 
 INPUT_DIM = 784  # MNIST pixels
 HIDDEN_LAYERS = 5

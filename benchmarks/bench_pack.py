@@ -6,7 +6,7 @@
 Data: MNIST-shaped Gaussian classes generated here (`--samples` × 1 × 28 × 28, 10 classes; the `synthetic` data set,
 so nothing is downloaded). Model: the paper's MLP (preset paper-mnist-mlp: width 512, ReLU, Adam, batch 128).
 
-- For each pack size S: S members (seeds 0 … S−1) trained together (`ncflow.pack`) for `--epochs` epochs after
+- For each pack size S: S members (seeds 0 … S−1) trained together (`ncflow.engine.pack`) for `--epochs` epochs after
   one untimed warm-up epoch, each epoch the shared training pass plus every member's metric pass; then the same S
   members as S separate processes started together (each one member, `torch` threads split between them), timed
   from the first start to the last end. Member-epochs/s = S × epochs / seconds; the ratio packed / separate is
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import subprocess
@@ -29,8 +28,8 @@ import time
 
 import torch
 
-from ncflow import engine, pack
-from ncflow.config import build_config
+from ncflow.engine import loop, pack
+from ncflow.engine.config import build_config
 
 
 def member_config(args: argparse.Namespace, seed: int):
@@ -44,13 +43,13 @@ def member_config(args: argparse.Namespace, seed: int):
 
 def timed_pack(args: argparse.Namespace, size: int) -> float:
     """Seconds for `--epochs` epochs of a pack of `size` (after a warm-up epoch)."""
-    members = [engine.prepare(member_config(args, seed)) for seed in range(size)]
+    members = [loop.prepare(member_config(args, seed)) for seed in range(size)]
     pack.share_data(members)
 
     def epoch(number: int) -> None:
         losses = pack.train_pack_epoch(members, 1, batched=args.batched)
         for member, loss in zip(members, losses):
-            engine.finish_row(member, number, 1, member.optimizer.param_groups[0]["lr"], loss, time.perf_counter())
+            loop.finish_row(member, number, 1, member.optimizer.param_groups[0]["lr"], loss, time.perf_counter())
 
     epoch(1)
     synchronize(members[0].device)
@@ -81,12 +80,12 @@ def timed_processes(args: argparse.Namespace, size: int) -> float:
 
 def single(args: argparse.Namespace) -> None:
     """One member alone (a child of `timed_processes`): print the wall-clock span of its timed epochs."""
-    setup = engine.prepare(member_config(args, args.seed))
-    engine.epoch_row(setup, 1)
+    setup = loop.prepare(member_config(args, args.seed))
+    loop.epoch_row(setup, 1)
     synchronize(setup.device)
     start = time.time()
     for number in range(2, 2 + args.epochs):
-        engine.epoch_row(setup, number)
+        loop.epoch_row(setup, number)
     synchronize(setup.device)
     print(json.dumps({"start": start, "end": time.time()}))
 
@@ -104,14 +103,14 @@ def matmul_flops_per_s(device: torch.device) -> float:
 
 
 def floor(args: argparse.Namespace) -> None:
-    setup = engine.prepare(member_config(args, 0))
+    setup = loop.prepare(member_config(args, 0))
     samples = len(setup.data.train_y)
     layers = setup.model.linear_layers()
     flop = 6 * samples * sum(layer.in_features * layer.out_features for layer in layers)
     rate = matmul_flops_per_s(setup.device)
-    engine.train_one_epoch(setup, 1)
-    train_s = min(timed(lambda: engine.train_one_epoch(setup, 1)) for _ in range(args.epochs))
-    eval_s = min(timed(lambda: engine.measure_epoch(setup)) for _ in range(args.epochs))
+    loop.train_one_epoch(setup, 1)
+    train_s = min(timed(lambda: loop.train_one_epoch(setup, 1)) for _ in range(args.epochs))
+    eval_s = min(timed(lambda: loop.measure_epoch(setup)) for _ in range(args.epochs))
     floor_s = flop / rate
     print(f"MLP-{args.depth} on {samples} × 784, {torch.get_num_threads()} thread(s), {setup.device}: "
           f"{flop / 1e9:.1f} GFLOP per training epoch at {rate / 1e9:.0f} GFLOP/s = floor {floor_s:.3f} s")
@@ -143,7 +142,7 @@ def main() -> None:
         return single(args)
     if args.floor:
         return floor(args)
-    device = engine.resolve_device(args.device)
+    device = loop.resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
     print(f"{device} ({name}), {os.cpu_count()} cores, torch {torch.__version__}; MLP-{args.depth}, "
           f"{args.samples} × 784, {args.epochs} timed epochs")

@@ -5,7 +5,7 @@
 The program is `ncflow reproduce`'s (the depth, weight-decay, activation, width, protocol and intervention sweeps:
 every distinct point once, shared conditions once), on MNIST-shaped data generated here (`--samples` × 1 × 28 × 28,
 10 Gaussian classes: the `synthetic` data set, nothing downloaded). Its points are grouped by what a pack must share
-(`ncflow.pack.pack_key`); for each group one pack of min(pack size, group size) members is built and
+(`ncflow.engine.pack.pack_key`); for each group one pack of min(pack size, group size) members is built and
 `--epochs` epochs are timed after a warm-up epoch (training pass + every member's metric pass). The projection is
 Σ over groups of ⌈members / pack size⌉ × epochs per run × the timed seconds per pack-epoch, one worker. `--pack 1`
 projects one run at a time; the ratio of the two projections is what packing buys on this device.
@@ -20,8 +20,8 @@ from collections import defaultdict
 
 import torch
 
-from ncflow import engine, pack
-from ncflow.reproduce import PROGRAM_SWEEPS, plan_points, program
+from ncflow.engine import loop, pack
+from ncflow.sweeps.reproduce import PROGRAM_SWEEPS, plan_points, program
 
 
 def program_configs(args: argparse.Namespace) -> list:
@@ -34,14 +34,14 @@ def program_configs(args: argparse.Namespace) -> list:
 
 def pack_epoch_seconds(configs: list, epochs: int) -> float:
     """Seconds per epoch of these configs trained as one pack (median-free: the mean of `epochs` after a warm-up)."""
-    members = [engine.prepare(config.replace(init_from="none", rescale_alpha=1.0, phase1_epochs=epochs + 1,
+    members = [loop.prepare(config.replace(init_from="none", rescale_alpha=1.0, phase1_epochs=epochs + 1,
                                              phase2_epochs=0)) for config in configs]
     pack.share_data(members)
 
     def epoch(number: int) -> None:
         losses = pack.train_pack_epoch(members, 1)
         for member, loss in zip(members, losses):
-            engine.finish_row(member, number, 1, member.optimizer.param_groups[0]["lr"], loss, time.perf_counter())
+            loop.finish_row(member, number, 1, member.optimizer.param_groups[0]["lr"], loss, time.perf_counter())
 
     epoch(1)
     if members[0].device.type == "cuda":
@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    device = engine.resolve_device(args.device)
+    device = loop.resolve_device(args.device)
     size = pack.auto_pack_size(device) if args.pack == "auto" else int(args.pack)
     configs = program_configs(args)
     groups: dict[tuple, list] = defaultdict(list)

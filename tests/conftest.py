@@ -25,11 +25,11 @@ def mlflow_store(tmp_path: Path, mlflow_template_db: Path, monkeypatch: pytest.M
 
 @pytest.fixture
 def crash_measure(monkeypatch: pytest.MonkeyPatch) -> Callable[[int, str], Callable[[], None]]:
-    """`crash_measure(n, message)`: from now on `engine.measure_epoch`'s n-th call raises RuntimeError(message) (a
+    """`crash_measure(n, message)`: from now on `loop.measure_epoch`'s n-th call raises RuntimeError(message) (a
     crash mid-run); returns a function that puts the real one back (for the resume)."""
-    from ncflow import engine
+    from ncflow.engine import loop
 
-    measure = engine.measure_epoch
+    measure = loop.measure_epoch
 
     def arm(call: int, message: str) -> Callable[[], None]:
         calls = {"n": 0}
@@ -40,8 +40,8 @@ def crash_measure(monkeypatch: pytest.MonkeyPatch) -> Callable[[int, str], Calla
                 raise RuntimeError(message)
             return measure(setup)
 
-        monkeypatch.setattr(engine, "measure_epoch", measure_then_crash)
-        return lambda: monkeypatch.setattr(engine, "measure_epoch", measure)
+        monkeypatch.setattr(loop, "measure_epoch", measure_then_crash)
+        return lambda: monkeypatch.setattr(loop, "measure_epoch", measure)
 
     return arm
 

@@ -1,7 +1,7 @@
 """Populate a real MLflow store exactly as ncflow training logs it (docs/tracking.md), for analysis tests.
 
-No torch: these helpers write the names of `analysis.contract` directly through `MlflowClient` (the torch-free
-`ncflow.config` and `ncflow.collapse` give the default params and the ε rule), so analysis tests (and
+No torch: these helpers write the names of `ncshared.schema` directly through `MlflowClient` (the torch-free
+`ncflow.engine.config` and `ncflow.collapse.detector` give the default params and the ε rule), so analysis tests (and
 `benchmarks/bench_analysis.py`) run on any machine.
 
 Typical use::
@@ -35,10 +35,10 @@ import numpy as np
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from analysis import contract
-from analysis.contract import EXTRA_THRESHOLDS, PER_EPOCH_METRICS, condition_hash, run_name
-from ncflow.collapse import auto_threshold as _auto_threshold  # torch-free, the rule training applies
-from ncflow.config import build_config
+from ncflow.collapse.detector import auto_threshold as _auto_threshold  # torch-free, the rule training applies
+from ncflow.engine.config import build_config
+from ncshared import schema
+from ncshared.schema import EXTRA_THRESHOLDS, PER_EPOCH_METRICS, condition_hash, run_name
 
 # Every RunConfig field as the string training logs, paper MNIST/MLP protocol.
 DEFAULT_PARAMS: dict[str, str] = build_config("paper-mnist-mlp", {"dataset": "mnist"}).as_params()
@@ -88,34 +88,34 @@ def history_columns(
     total = float(epochs[-1])
     phase = np.where(epochs <= phase1_epochs, 1.0, 2.0)
     columns = {
-        contract.TRAIN_LOSS: 0.5 * nc1 + 1e-3,
-        contract.TRAIN_ACC: 1.0 - 0.1 * np.minimum(nc1, 1.0),
-        contract.TEST_ACC: 0.98 - 0.05 * np.minimum(nc1, 1.0),
-        contract.NC1: nc1,
-        contract.NC1_PINV: 0.9 * nc1,
-        contract.NC2: 0.5 * np.sqrt(nc1),
-        contract.NC2_EQUINORM: 0.1 * np.sqrt(nc1),
-        contract.NC3: 0.3 * np.sqrt(nc1),
-        contract.NC4: 0.05 * nc1,
-        contract.FN: fn,
-        contract.NCC: 20.0 * nc1,
-        contract.FLATNESS: 0.01 * fn,
-        contract.ANGLE_MEAN: 96.38 - 10.0 * np.minimum(nc1, 1.0),
-        contract.ANGLE_STD: 5.0 * np.minimum(nc1, 1.0),
-        contract.TEST_NC1: 2.0 * nc1,
-        contract.TEST_NC2: 0.6 * np.sqrt(nc1),
-        contract.TEST_FN: 1.05 * fn,
-        contract.TEST_NCC: 30.0 * nc1,
-        contract.LR: lr * 0.5 * (1.0 + np.cos(np.pi * epochs / total)),
-        contract.PHASE: phase,
-        contract.EPOCH_TIME: np.full(epochs.shape, 0.25),
+        schema.TRAIN_LOSS: 0.5 * nc1 + 1e-3,
+        schema.TRAIN_ACC: 1.0 - 0.1 * np.minimum(nc1, 1.0),
+        schema.TEST_ACC: 0.98 - 0.05 * np.minimum(nc1, 1.0),
+        schema.NC1: nc1,
+        schema.NC1_PINV: 0.9 * nc1,
+        schema.NC2: 0.5 * np.sqrt(nc1),
+        schema.NC2_EQUINORM: 0.1 * np.sqrt(nc1),
+        schema.NC3: 0.3 * np.sqrt(nc1),
+        schema.NC4: 0.05 * nc1,
+        schema.FN: fn,
+        schema.NCC: 20.0 * nc1,
+        schema.FLATNESS: 0.01 * fn,
+        schema.ANGLE_MEAN: 96.38 - 10.0 * np.minimum(nc1, 1.0),
+        schema.ANGLE_STD: 5.0 * np.minimum(nc1, 1.0),
+        schema.TEST_NC1: 2.0 * nc1,
+        schema.TEST_NC2: 0.6 * np.sqrt(nc1),
+        schema.TEST_FN: 1.05 * fn,
+        schema.TEST_NCC: 30.0 * nc1,
+        schema.LR: lr * 0.5 * (1.0 + np.cos(np.pi * epochs / total)),
+        schema.PHASE: phase,
+        schema.EPOCH_TIME: np.full(epochs.shape, 0.25),
     }
     return {name: columns[name] for name in PER_EPOCH_METRICS}
 
 
 def history_csv(columns: Mapping[str, np.ndarray], epochs: np.ndarray) -> str:
     """history.csv text: `epoch` then every per-epoch metric, one row per epoch, floats in repr form."""
-    lines = [",".join((contract.HISTORY_EPOCH, *columns))]
+    lines = [",".join((schema.HISTORY_EPOCH, *columns))]
     for row, epoch in enumerate(epochs):
         lines.append(",".join((str(int(epoch)), *(repr(float(values[row])) for values in columns.values()))))
     return "\n".join(lines) + "\n"
@@ -124,23 +124,23 @@ def history_csv(columns: Mapping[str, np.ndarray], epochs: np.ndarray) -> str:
 def summary_metrics(nc1: np.ndarray, fn: np.ndarray, epochs: np.ndarray, threshold: float, fn_ref: float | None,
                     lead: int, phase1_epochs: int) -> dict[str, float]:
     """The step-0 `collapse/*` metrics training logs when known."""
-    summary = {contract.COLLAPSE_THRESHOLD: threshold}
+    summary = {schema.COLLAPSE_THRESHOLD: threshold}
     for eps in EXTRA_THRESHOLDS:
         t = first_epoch_below(nc1, eps, epochs)
         if t is not None:
-            summary[contract.t_nc_at(eps)] = float(t)
-            summary[contract.fn_star_at(eps)] = float(fn[epochs == t][0])
+            summary[schema.t_nc_at(eps)] = float(t)
+            summary[schema.fn_star_at(eps)] = float(fn[epochs == t][0])
     t_nc = first_epoch_below(nc1, threshold, epochs)
     if t_nc is not None:
-        summary[contract.T_NC] = float(t_nc)
-        summary[contract.FN_STAR] = float(fn[epochs == t_nc][0])
+        summary[schema.T_NC] = float(t_nc)
+        summary[schema.FN_STAR] = float(fn[epochs == t_nc][0])
     if fn_ref is not None:
-        summary[contract.FN_REF] = fn_ref
+        summary[schema.FN_REF] = fn_ref
         phase2 = epochs > phase1_epochs
         t_cross = first_epoch_below(np.where(phase2, fn, np.inf), fn_ref, epochs)
         if t_cross is not None:
-            summary[contract.T_CROSS] = float(t_cross)
-            summary[contract.T_NC_PRED] = float(t_cross + lead)
+            summary[schema.T_CROSS] = float(t_cross)
+            summary[schema.T_NC_PRED] = float(t_cross + lead)
     return summary
 
 
@@ -196,17 +196,17 @@ def make_fake_run(
     columns = history_columns(nc1, fn, epochs, phase1_epochs, float(logged["lr"]))
     summary = summary_metrics(nc1, fn, epochs, threshold, fn_ref, int(logged["lead"]), phase1_epochs)
     if status is None:
-        status = contract.STATUS_COLLAPSED if contract.T_NC in summary else contract.STATUS_NOT_COLLAPSED
-    tags = {contract.TAG_KIND: contract.KIND_TRAIN, contract.TAG_CONDITION: condition_hash(logged),
-            contract.TAG_STATUS: status, contract.TAG_GIT_COMMIT: "0" * 40, contract.TAG_VERSION: "0.1.0"}
+        status = schema.STATUS_COLLAPSED if schema.T_NC in summary else schema.STATUS_NOT_COLLAPSED
+    tags = {schema.TAG_KIND: schema.KIND_TRAIN, schema.TAG_CONDITION: condition_hash(logged),
+            schema.TAG_STATUS: status, schema.TAG_GIT_COMMIT: "0" * 40, schema.TAG_VERSION: "0.1.0"}
     if sweep is not None:
-        tags[contract.TAG_SWEEP] = sweep
+        tags[schema.TAG_SWEEP] = sweep
     if parent_run_id is not None:
-        tags[contract.TAG_PARENT_RUN] = parent_run_id
-    if status == contract.STATUS_FAILED:
-        tags[contract.TAG_FAIL_REASON] = "RuntimeError: CUDA out of memory"
-    if status == contract.STATUS_DIVERGED:
-        tags[contract.TAG_DIVERGENCE_REASON] = f"NC1 {nc1[-1]:.2f} > 0.5 after epoch 300"
+        tags[schema.TAG_PARENT_RUN] = parent_run_id
+    if status == schema.STATUS_FAILED:
+        tags[schema.TAG_FAIL_REASON] = "RuntimeError: CUDA out of memory"
+    if status == schema.STATUS_DIVERGED:
+        tags[schema.TAG_DIVERGENCE_REASON] = f"NC1 {nc1[-1]:.2f} > 0.5 after epoch 300"
     return FakeRun(logged, tags, run_name(logged), status, epochs, columns, summary)
 
 
@@ -233,7 +233,7 @@ def log_run(
         for begin in range(0, len(metrics), BATCH_LIMIT):
             client.log_batch(run_id, metrics=metrics[begin:begin + BATCH_LIMIT])
     if write_history_csv:
-        client.log_text(run_id, run.history_csv(), contract.HISTORY_FILE)
+        client.log_text(run_id, run.history_csv(), schema.HISTORY_FILE)
     if run.status != "running":
         mlflow_status = "FAILED" if run.status == "failed" else "FINISHED"
         client.set_terminated(run_id, mlflow_status, end_time=start_ms + 1000 * (int(run.epochs[-1]) + 1))
@@ -278,7 +278,7 @@ def log_fake_training_run(
 
 def log_sweep_parent(client: MlflowClient, experiment_id: str, sweep: str) -> str:
     """A sweep parent run (`sweep-NAME`, tag ncflow.kind=sweep), FINISHED; return its run id."""
-    run = client.create_run(experiment_id, tags={contract.TAG_KIND: contract.KIND_SWEEP, contract.TAG_SWEEP: sweep},
+    run = client.create_run(experiment_id, tags={schema.TAG_KIND: schema.KIND_SWEEP, schema.TAG_SWEEP: sweep},
                             run_name=f"sweep-{sweep}")
     client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id

@@ -18,10 +18,10 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from analysis import catalogue, layer_store, report, store
-from analysis import contract as c
 from analysis.aggregate import Estimates
 from analysis.beyond_figures import make_beyond_figures
 from analysis.beyond_tables import beyond_tables
+from ncshared import schema as c
 from tests import mlflow_fixtures as fx
 
 PHASE1, EPOCHS, DEPTH = 10, 40, 7

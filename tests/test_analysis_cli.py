@@ -16,9 +16,9 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from analysis import contract as c
 from analysis import report, store
 from analysis.cli import main
+from ncshared import schema as c
 from tests import mlflow_fixtures as fx
 
 EPOCHS, PHASE1 = 10, 3

@@ -14,9 +14,10 @@ from matplotlib.image import imread
 from matplotlib.layout_engine import ConstrainedLayoutEngine
 from mlflow.tracking import MlflowClient
 
-from analysis import aggregate, dynamics, figures, plots, selection, stats, store
-from analysis.contract import DEFAULT_EXPERIMENT, FN, FN_STAR, NC1, TRAIN_ACC
+from analysis import aggregate, figures, plots, selection, stats, store
 from analysis.stats import RegressionResult, Summary
+from ncshared import dynamics_figure
+from ncshared.schema import DEFAULT_EXPERIMENT, FN, FN_STAR, NC1, TRAIN_ACC
 from tests import mlflow_fixtures as fx
 
 PHASE1, EPOCHS = 10, 40
@@ -48,7 +49,7 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 def test_dynamics_nc1_line_is_the_logged_history(logged):
     runs, histories = logged["runs"], logged["histories"]
     run = runs[runs["run_name"] == "mlp5-relu-w512-wd1e-04-mnist-s0"].iloc[0]
-    axes = dynamics.plot_dynamics(selection.wide_history(histories, run["run_id"]), run)
+    axes = dynamics_figure.plot_dynamics(selection.wide_history(histories, run["run_id"]), run)
     assert len(axes) == 4 and all(isinstance(ax, Axes) for ax in axes)
     (line,) = [line for line in axes[1].get_lines() if line.get_gid() == NC1]
     logged_points = logged["client"].get_metric_history(run["run_id"], NC1)
@@ -65,7 +66,7 @@ def test_dynamics_nc1_line_is_the_logged_history(logged):
 def test_plot_functions_draw_on_the_given_axes(logged):
     runs, histories = logged["runs"], logged["histories"]
     used = selection.select(runs[runs["sweep"] == "depth"]).used
-    axes = dynamics.new_axes(1, 2)
+    axes = dynamics_figure.new_axes(1, 2)
     summary = aggregate.summaries(used, ["depth"])
     bands = dict(zip(summary["depth"], summary["fn_star"]))
     assert plots.plot_trajectories(histories, used, FN, ax=axes[0], hue="depth", bands=bands) is axes[0]
@@ -112,10 +113,10 @@ def test_save_figure_lays_out_once_and_draws_the_constrained_layout(logged, tmp_
     runs, histories = logged["runs"], logged["histories"]
     run = runs[runs["run_name"] == "mlp5-relu-w512-wd1e-04-mnist-s0"].iloc[0]
     wide = selection.wide_history(histories, run["run_id"])
-    live = dynamics.plot_dynamics(wide, run)[0].figure
+    live = dynamics_figure.plot_dynamics(wide, run)[0].figure
     assert isinstance(live.get_layout_engine(), ConstrainedLayoutEngine)
-    live.savefig(tmp_path / "live.png", dpi=dynamics.DPI)  # constrained layout solved inside this save
-    frozen = dynamics.plot_dynamics(wide, run)[0].figure
+    live.savefig(tmp_path / "live.png", dpi=dynamics_figure.DPI)  # constrained layout solved inside this save
+    frozen = dynamics_figure.plot_dynamics(wide, run)[0].figure
     png, pdf = figures.save_figure(frozen, tmp_path, "frozen")
     assert not isinstance(frozen.get_layout_engine(), ConstrainedLayoutEngine)  # solved once, then fixed
     np.testing.assert_array_equal(imread(png), imread(tmp_path / "live.png"))  # the same pixels
@@ -222,18 +223,18 @@ def test_dynamics_fn_panel_is_log_scaled_and_the_switch_dip_is_noted(logged):
     run = runs[runs["run_name"] == "mlp5-relu-w512-wd1e-04-mnist-s0"].iloc[0]
     wide = selection.wide_history(histories, run["run_id"]).copy()
     wide.loc[PHASE1 + 1, TRAIN_ACC] = 0.05  # the CE → MSE switch dips far below every other epoch
-    axes = dynamics.plot_dynamics(wide, run)
+    axes = dynamics_figure.plot_dynamics(wide, run)
     assert axes[3].get_yscale() == "log"
     low, _ = axes[0].get_ylim()
     assert low > 0.05 and any("switch dip to 5.0%" in text.get_text() for text in axes[0].texts)
 
 
 def test_dynamics_draws_the_test_sets_nc1_beside_the_training_sets(logged):
-    from analysis.contract import TEST_NC1
+    from ncshared.schema import TEST_NC1
 
     runs, histories = logged["runs"], logged["histories"]
     run = runs.iloc[0]
-    axes = dynamics.plot_dynamics(selection.wide_history(histories, run["run_id"]), run)
+    axes = dynamics_figure.plot_dynamics(selection.wide_history(histories, run["run_id"]), run)
     (test_line,) = [line for line in axes[1].get_lines() if line.get_gid() == TEST_NC1]
     logged_values = [m.value for m in sorted(logged["client"].get_metric_history(run["run_id"], TEST_NC1),
                                              key=lambda m: m.step)]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from analysis import contract as c
 from analysis import report
-from analysis.mlflow_env import ADOPTED_RUN_VARIABLE
+from ncshared import schema as c
+from ncshared.mlflow_env import ADOPTED_RUN_VARIABLE
 
 
 def test_report_key_is_none_while_a_run_may_change():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from analysis import stats
-from analysis.contract import DEFAULT_LEAD
+from ncshared.schema import DEFAULT_LEAD
 
 T_975_DF2 = 4.302652729911275  # Student-t 0.975 quantile, df = 2 (tables: 4.303)
 T_975_DF3 = 3.182446305284263  # df = 3 (tables: 3.182)

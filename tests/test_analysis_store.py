@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import contract as c
 from analysis import store
+from ncshared import schema as c
 from tests import mlflow_fixtures as fx
 
 # Hand-checkable curves: depth 5 → ε = 0.01; NC1 first < 0.01 at epoch 3 → T_NC = 3, fn* = fn[epoch 3] = 1.1.

@@ -17,9 +17,9 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from analysis import contract as c
 from analysis import early_warning, selection, stats, store, tables
 from analysis.aggregate import Estimates
+from ncshared import schema as c
 from tests import mlflow_fixtures as fx
 
 PHASE1, EPOCHS = 10, 40

@@ -10,8 +10,8 @@ import torch
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from analysis import contract
-from ncflow.cli import main
+from ncflow.cli.main import main
+from ncshared import schema
 
 TINY = ["--quiet", "--depth", "2", "--width", "16", "--phase1-epochs", "2", "--phase2-epochs", "1"]
 
@@ -50,7 +50,7 @@ def run_count(uri: str) -> int:
     (["--force"], "force: only applies with --resume RUN_ID"),
 ])
 def test_bad_values_stop_before_any_run(store, tmp_path, args, starts, monkeypatch):
-    monkeypatch.setattr("ncflow.data.DOWNLOAD_TIMEOUT_S", 2.0)
+    monkeypatch.setattr("ncflow.engine.data.DOWNLOAD_TIMEOUT_S", 2.0)
     (tmp_path / "empty-dir").mkdir()
     code, output = run_cli(*TINY, *args)
     assert_one_line_error(code, output, starts)
@@ -74,7 +74,7 @@ def test_resume_refusals_name_the_reason(store, tmp_path, run_records_in_tmp: Pa
     assert_one_line_error(*run_cli("--resume", foreign), f"resume: run {foreign} is not an ncflow training run")
     # A training run with no resume state anywhere: no local record, no MLflow checkpoint.
     bare = client.create_run(client.get_experiment_by_name("ncflow").experiment_id,
-                             tags={contract.TAG_KIND: contract.KIND_TRAIN}).info.run_id
+                             tags={schema.TAG_KIND: schema.KIND_TRAIN}).info.run_id
     client.set_terminated(bare, "FAILED")
     code, output = run_cli("--resume", bare)
     assert_one_line_error(code, output, f"resume: run {bare} has no resume state: looked for ")
@@ -93,7 +93,7 @@ def test_force_resume_of_a_finished_run_keeps_one_value_per_step(store, run_reco
     code, output = run_cli("--resume", finished, "--force")
     assert code == 0, output
     client = MlflowClient(store)
-    for key in contract.PER_EPOCH_METRICS:
+    for key in schema.PER_EPOCH_METRICS:
         assert [m.step for m in client.get_metric_history(finished, key)] == [1, 2, 3], key
     assert client.get_run(finished).info.status == "FINISHED"
     assert torch.load(run_records_in_tmp / finished / "state.pt", weights_only=True)["epoch"] == 3

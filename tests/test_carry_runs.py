@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import contract, store, tables
+from analysis import store, tables
+from ncshared import schema
 from tests import mlflow_fixtures as fx
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,13 +47,13 @@ def test_exported_runs_import_with_their_params_tags_metrics_and_history(tmp_pat
     after = store.load_runs(target.uri).sort_values("run_name").reset_index(drop=True)
     assert list(after["run_name"]) == list(before["run_name"])
     assert set(after["experiment"]) == {"ncflow"} and set(after["mlflow_status"]) == {"FINISHED"}
-    same = ["status", "condition", "sweep", "depth", "seed", "weight_decay", contract.T_NC, contract.FN_STAR,
-            contract.T_CROSS, contract.NC1, contract.FN, "start_time", "end_time"]
+    same = ["status", "condition", "sweep", "depth", "seed", "weight_decay", schema.T_NC, schema.FN_STAR,
+            schema.T_CROSS, schema.NC1, schema.FN, "start_time", "end_time"]
     pd.testing.assert_frame_equal(after[same], before[same])
     originals = {run.info.run_name: run.info.run_id for run in source.client.search_runs([eid])}
     for run in target.client.search_runs([target.client.get_experiment_by_name("ncflow").experiment_id]):
-        assert run.data.tags[contract.TAG_CARRIED_FROM] == originals[run.info.run_name]
-        assert [m.step for m in target.client.get_metric_history(run.info.run_id, contract.NC1)] == [1, 2, 3, 4]
+        assert run.data.tags[schema.TAG_CARRIED_FROM] == originals[run.info.run_name]
+        assert [m.step for m in target.client.get_metric_history(run.info.run_id, schema.NC1)] == [1, 2, 3, 4]
     histories = [store.load_histories(frame, uri, cache_dir=tmp_path / f"cache-{name}")
                  for frame, uri, name in ((before, source.uri, "s"), (after, target.uri, "t"))]
     assert tables.build_tables(after, histories[1])["table2_depth"].to_markdown() == \

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from analysis import contract
+from ncshared import schema
 from tests.mlflow_fixtures import MlflowServer
 
 pytestmark = pytest.mark.slow
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 PHASE1, PHASE2 = 8, 8
 CONFIG = ["--depth", "2", "--width", "32", "--batch-size", "16", "--phase1-epochs", str(PHASE1),
           "--phase2-epochs", str(PHASE2), "--checkpoint-every", "3", "--lr", "0.01", "--nc1-threshold", "0.5"]
-VALUE_METRICS = [name for name in contract.PER_EPOCH_METRICS if name != contract.EPOCH_TIME]
+VALUE_METRICS = [name for name in schema.PER_EPOCH_METRICS if name != schema.EPOCH_TIME]
 
 
 def ncflow(args: list[str], cwd: Path, extra_env: dict[str, str] | None = None, **popen) -> subprocess.Popen:
@@ -62,17 +62,17 @@ def only_run_id(records: Path) -> str:
 
 
 def per_step(client: MlflowClient, run_id: str) -> dict[str, list[tuple[int, float]]]:
-    return {key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key)) for key in contract.PER_EPOCH_METRICS}
+    return {key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key)) for key in schema.PER_EPOCH_METRICS}
 
 
 def history_csv(client: MlflowClient, run_id: str, tmp: Path) -> pd.DataFrame:
-    path = client.download_artifacts(run_id, contract.HISTORY_FILE, str(tmp))
-    return pd.read_csv(path).drop(columns=[contract.EPOCH_TIME])
+    path = client.download_artifacts(run_id, schema.HISTORY_FILE, str(tmp))
+    return pd.read_csv(path).drop(columns=[schema.EPOCH_TIME])
 
 
 def summary(client: MlflowClient, run_id: str) -> dict[str, float]:
     metrics = client.get_run(run_id).data.metrics
-    return {key: value for key, value in metrics.items() if key.startswith(contract.SUMMARY_PREFIXES)}
+    return {key: value for key, value in metrics.items() if key.startswith(schema.SUMMARY_PREFIXES)}
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def assert_same_as_reference(client: MlflowClient, run_id: str, reference, tmp: 
     _, steps, history, summary_metrics = reference
     resumed = per_step(client, run_id)
     epochs = list(range(1, PHASE1 + PHASE2 + 1))
-    for key in contract.PER_EPOCH_METRICS:
+    for key in schema.PER_EPOCH_METRICS:
         assert [step for step, _ in resumed[key]] == epochs, f"{key}: not exactly one value per step"
     for key in VALUE_METRICS:
         assert resumed[key] == steps[key], f"{key} differs from the uninterrupted run"
@@ -106,7 +106,7 @@ def assert_same_as_reference(client: MlflowClient, run_id: str, reference, tmp: 
     assert summary(client, run_id) == summary_metrics
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.tags[contract.TAG_STATUS] == client.get_run(reference[0]).data.tags[contract.TAG_STATUS]
+    assert run.data.tags[schema.TAG_STATUS] == client.get_run(reference[0]).data.tags[schema.TAG_STATUS]
 
 
 @pytest.mark.parametrize("rows, phase", [(3, 1), (PHASE1 + 3, 2)], ids=["phase1", "phase2"])
@@ -133,7 +133,7 @@ def test_sigterm_ends_killed_and_resumable(server, reference, tmp_path):
     client = MlflowClient(server.url)
     run = client.get_run(run_id)
     assert run.info.status == "KILLED"
-    assert run.data.tags[contract.TAG_FAIL_REASON] == "interrupted (SIGTERM)"
+    assert run.data.tags[schema.TAG_FAIL_REASON] == "interrupted (SIGTERM)"
     code, output = finish(ncflow(["--resume", run_id, "--tracking-uri", server.url], tmp_path))
     assert code == 0, output[-3000:]
     assert_same_as_reference(client, run_id, reference, tmp_path)
@@ -155,8 +155,8 @@ def test_server_outage_longer_than_the_retry_window_loses_nothing(server, refere
     run_id = only_run_id(tmp_path / "records")
     client = MlflowClient(server.url)
     assert_same_as_reference(client, run_id, reference, tmp_path)
-    checkpoints = {a.path for a in client.list_artifacts(run_id, contract.CHECKPOINT_DIR)}
-    assert contract.checkpoint_path(contract.CHECKPOINT_LAST) in checkpoints
+    checkpoints = {a.path for a in client.list_artifacts(run_id, schema.CHECKPOINT_DIR)}
+    assert schema.checkpoint_path(schema.CHECKPOINT_LAST) in checkpoints
 
 
 def test_unsent_rows_wait_in_the_record_until_sync(server, reference, tmp_path):

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from ncflow.collapse import REPORTED_THRESHOLDS, CollapseDetector, resolve_threshold
+from ncflow.collapse.detector import REPORTED_THRESHOLDS, CollapseDetector, resolve_threshold
 
 
 def feed(detector: CollapseDetector, trajectory: list[tuple[int, float, float]], loss: float = 0.1) -> dict:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ncflow.config import (
+from ncflow.engine.config import (
     PRESETS,
     ConfigError,
     RunConfig,

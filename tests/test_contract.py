@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from analysis import contract
-from ncflow.config import RunConfig, build_config, condition_hash, run_name
+from ncflow.engine.config import RunConfig, build_config, condition_hash, run_name
+from ncshared import schema
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "tracking.md"
 
@@ -17,22 +17,22 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "tracking.md"
 def contract_names() -> set[str]:
     """Every string the contract defines as a module-level name (tags, metrics, artifacts, values)."""
     names: set[str] = set()
-    for attribute, value in vars(contract).items():
+    for attribute, value in vars(schema).items():
         if attribute.startswith("_") or attribute in ("annotations",):
             continue
         if isinstance(value, str) and attribute.isupper():
             names.add(value)
         elif isinstance(value, tuple) and attribute.isupper():
             names.update(item for item in value if isinstance(item, str))
-    names.update(contract.t_nc_at(eps) for eps in contract.EXTRA_THRESHOLDS)
-    names.update(contract.fn_star_at(eps) for eps in contract.EXTRA_THRESHOLDS)
-    names.update(contract.checkpoint_path(name) for name in contract.CHECKPOINTS)
+    names.update(schema.t_nc_at(eps) for eps in schema.EXTRA_THRESHOLDS)
+    names.update(schema.fn_star_at(eps) for eps in schema.EXTRA_THRESHOLDS)
+    names.update(schema.checkpoint_path(name) for name in schema.CHECKPOINTS)
     # Per-layer names, as the docs write them (`<l>` the layer).
-    names.update(contract.layer_metric("<l>", name) for name in contract.LAYER_METRIC_NAMES)  # type: ignore[arg-type]
-    names.add(contract.layer_t_nc("<l>"))  # type: ignore[arg-type]
+    names.update(schema.layer_metric("<l>", name) for name in schema.LAYER_METRIC_NAMES)  # type: ignore[arg-type]
+    names.add(schema.layer_t_nc("<l>"))  # type: ignore[arg-type]
     # Parts of names, not names: prefixes, the directory, the metric names before their `nc/` prefix.
-    parts = {contract.NC_PREFIX, contract.VIEW_PREFIX, *contract.SUMMARY_PREFIXES, contract.CHECKPOINT_DIR,
-             *contract.COLLAPSE_METRIC_NAMES, contract.LAYER_PREFIX}
+    parts = {schema.NC_PREFIX, schema.VIEW_PREFIX, *schema.SUMMARY_PREFIXES, schema.CHECKPOINT_DIR,
+             *schema.COLLAPSE_METRIC_NAMES, schema.LAYER_PREFIX}
     return names - parts
 
 
@@ -45,24 +45,24 @@ def test_docs_list_every_contract_name():
 def test_docs_name_no_metric_or_tag_the_contract_lacks():
     documented = set(re.findall(r"`((?:ncflow\.|mlflow\.|nc/|NC/|train/|test/|time/|collapse/|intervention/|sweep/)[^`\s]*)`", DOCS.read_text()))
     unknown = sorted(documented - contract_names())
-    assert not unknown, f"docs/tracking.md names {unknown}, which analysis/contract.py does not define"
+    assert not unknown, f"docs/tracking.md names {unknown}, which analysis/schema.py does not define"
 
 
 def test_docs_history_columns_in_contract_order():
     text = DOCS.read_text()
-    assert "`" + ", ".join(contract.HISTORY_COLUMNS) + "`" in text.replace("`, `", ", ")
+    assert "`" + ", ".join(schema.HISTORY_COLUMNS) + "`" in text.replace("`, `", ", ")
 
 
 def test_params_are_the_run_config_fields():
     fields = {field.name for field in dataclasses.fields(RunConfig)}
-    assert set(contract.NON_CONDITION_PARAMS) <= fields
-    assert set(contract.SYNTHETIC_PARAMS) <= fields
+    assert set(schema.NON_CONDITION_PARAMS) <= fields
+    assert set(schema.SYNTHETIC_PARAMS) <= fields
     documented = DOCS.read_text().split("## Params", 1)[1].split("##", 1)[0]
     assert all(f"{name}," in documented or f"{name}`" in documented for name in fields)
 
 
 def test_contract_imports_nothing_heavy():
-    code = "import sys, analysis.contract; print(sorted(m for m in ('torch', 'scipy', 'mlflow', 'numpy', 'pandas') if m in sys.modules))"
+    code = "import sys, ncshared.schema; print(sorted(m for m in ('torch', 'scipy', 'mlflow', 'numpy', 'pandas') if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "[]"
 
@@ -87,10 +87,10 @@ def test_condition_hash_leaves_out_seed_and_reporting_fields():
     assert condition_hash(alpha.replace(init_from="run-b")) == condition_hash(alpha)
     assert condition_hash(alpha.replace(rescale_alpha=3.0)) != condition_hash(alpha)
     # The hash is a pure function of the canonical params: the contract computes it without RunConfig.
-    assert contract.condition_hash(base.as_params()) == condition_hash(base)
+    assert schema.condition_hash(base.as_params()) == condition_hash(base)
     assert re.fullmatch(r"[0-9a-f]{12}", condition_hash(base))
 
 
 def test_same_number_reads_params_as_numbers():
-    assert contract.same_number("1.0", 1) and contract.same_number("2e-4", 0.0002)
-    assert not contract.same_number("1", 2) and not contract.same_number("none", 1) and not contract.same_number("", 0)
+    assert schema.same_number("1.0", 1) and schema.same_number("2e-4", 0.0002)
+    assert not schema.same_number("1", 2) and not schema.same_number("none", 1) and not schema.same_number("", 0)

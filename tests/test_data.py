@@ -12,8 +12,8 @@ import pytest
 import torch
 import torchvision
 
-import ncflow.data
-from ncflow.data import DATASETS, InMemoryData, batch_indices, load_dataset
+import ncflow.engine.data
+from ncflow.engine.data import DATASETS, InMemoryData, batch_indices, load_dataset
 
 
 def assert_normalised_per_channel(images: torch.Tensor) -> None:
@@ -103,7 +103,7 @@ def test_unknown_dataset_names_the_option_and_the_allowed_values() -> None:
 @pytest.mark.parametrize("name", ["mnist", "fashion-mnist", "cifar10"])
 def test_missing_data_dir_without_download_fails_at_once_naming_the_files(name: str, tmp_path: Path) -> None:
     started = time.perf_counter()
-    with pytest.raises(ncflow.data.DataUnavailable) as error:
+    with pytest.raises(ncflow.engine.data.DataUnavailable) as error:
         load_dataset(name, tmp_path / "nowhere", download=False)
     assert time.perf_counter() - started < 1.0
     message = str(error.value)
@@ -134,7 +134,7 @@ def test_download_from_a_silent_server_times_out(tmp_path: Path, monkeypatch: py
         silent_server.listen(8)
         port = silent_server.getsockname()[1]
         monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", [f"http://127.0.0.1:{port}/"])
-        monkeypatch.setattr(ncflow.data, "DOWNLOAD_TIMEOUT_S", 0.3)
+        monkeypatch.setattr(ncflow.engine.data, "DOWNLOAD_TIMEOUT_S", 0.3)
         started = time.perf_counter()
         with pytest.raises(RuntimeError, match="download failed"):
             load_dataset("mnist", tmp_path, download=True)

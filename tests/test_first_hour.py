@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis import catalogue
 from analysis.cli import main as analysis_main
-from ncflow.cli import main as ncflow_main
+from ncflow.cli.main import main as ncflow_main
 
 TINY = ["train", "--quiet", "--depth", "2", "--width", "16", "--phase1-epochs", "2", "--phase2-epochs", "2",
         "--lr", "0.01", "--nc1-threshold", "0.9"]
@@ -71,7 +71,7 @@ sys.meta_path.insert(0, Block())
 import importlib.util
 real = importlib.util.find_spec
 importlib.util.find_spec = lambda name, *a: None if name in ("torch", "torchvision", "optuna") else real(name, *a)
-from ncflow.cli import main
+from ncflow.cli.main import main
 main(sys.argv[1:])
 """
 

@@ -8,12 +8,12 @@ import torch
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from analysis import contract
-from ncflow.cli import main
-from ncflow.config import ConfigError
-from ncflow.data import load_dataset
-from ncflow.imbalance import class_counts, minority_classes, subsample
-from ncflow.metrics import class_nc1, collapse_metrics
+from ncflow.cli.main import main
+from ncflow.collapse.metrics import class_nc1, collapse_metrics
+from ncflow.engine.config import ConfigError
+from ncflow.engine.data import load_dataset
+from ncflow.engine.imbalance import class_counts, minority_classes, subsample
+from ncshared import schema
 
 TINY = ["--depth", "2", "--width", "64", "--phase1-epochs", "2", "--phase2-epochs", "2"]
 
@@ -75,16 +75,16 @@ def test_train_imbalanced_logs_counts_minority_collapse_and_class_nc1(cli_store:
     assert run.info.run_name == "mlp2-relu-w64-wd2e-04-digits-imb10-step-s0"
     smallest = int(torch.bincount(load_dataset("digits").train_y).min())
     counts = [smallest] * 5 + [round(smallest / 10)] * 5
-    assert run.data.tags[contract.TAG_CLASS_COUNTS] == ",".join(map(str, counts))
-    saved = json.loads(open(client.download_artifacts(run_id, contract.CLASS_COUNTS_FILE, str(tmp_path))).read())
+    assert run.data.tags[schema.TAG_CLASS_COUNTS] == ",".join(map(str, counts))
+    saved = json.loads(open(client.download_artifacts(run_id, schema.CLASS_COUNTS_FILE, str(tmp_path))).read())
     assert saved == {"counts": counts, "imbalance_ratio": 10.0, "imbalance_profile": "step",
                      "minority_classes": [5, 6, 7, 8, 9]}
-    for name in contract.IMBALANCE_METRICS:
+    for name in schema.IMBALANCE_METRICS:
         values = [m.value for m in client.get_metric_history(run_id, name)]
         assert len(values) == 4 and all(-1.0 <= v <= 1.0 for v in values), name
-    table = pd.read_csv(client.download_artifacts(run_id, contract.CLASS_NC1_FILE, str(tmp_path)))
+    table = pd.read_csv(client.download_artifacts(run_id, schema.CLASS_NC1_FILE, str(tmp_path)))
     assert table["count"].tolist() == counts and table["minority"].tolist() == [False] * 5 + [True] * 5
-    nc1 = run.data.metrics[contract.NC1]
+    nc1 = run.data.metrics[schema.NC1]
     assert float((table["count"] / sum(counts)) @ table["nc1"]) == pytest.approx(nc1, rel=1e-5)
     assert run.data.params["imbalance_ratio"] == "10.0" and run.data.params["imbalance_profile"] == "step"
 

@@ -8,13 +8,13 @@ import torch
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from analysis import contract
-from ncflow.cli import main
-from ncflow.config import RunConfig
-from ncflow.data import load_dataset
-from ncflow.metrics import collapse_metrics, feature_collapse
-from ncflow.models import MLP, ResNet20, build_model, predict_in_chunks, predict_layers_in_chunks
-from ncflow.optional_metrics import layer_collapse, layer_collapse_epochs, layer_names
+from ncflow.cli.main import main
+from ncflow.collapse.metrics import collapse_metrics, feature_collapse
+from ncflow.engine.config import RunConfig
+from ncflow.engine.data import load_dataset
+from ncflow.engine.models import MLP, ResNet20, build_model, predict_in_chunks, predict_layers_in_chunks
+from ncflow.engine.optional_metrics import layer_collapse, layer_collapse_epochs, layer_names
+from ncshared import schema
 
 TINY = ["--depth", "2", "--width", "64", "--phase1-epochs", "3", "--phase2-epochs", "3"]
 
@@ -59,14 +59,14 @@ def test_layer_metrics_copy_the_last_layer_and_compute_the_others():
     labels = torch.tensor([0, 0, 1, 1])
     # class means (1.5, 1) and (0.5, 1); μ_G (1, 1): Tr Σ_B = 0.25, Tr Σ_W = (0.25+1+0.25+1+0.25+0+0.25+0)/4 = 0.75.
     assert feature_collapse(features, labels, 2)["nc1"] == pytest.approx(3.0)
-    penultimate = {contract.NC_PREFIX + name: float(index) for index, name in enumerate(contract.LAYER_METRIC_NAMES)}
+    penultimate = {schema.NC_PREFIX + name: float(index) for index, name in enumerate(schema.LAYER_METRIC_NAMES)}
     values = layer_collapse([features, features], labels, 2, penultimate)
     assert values["layers/1/nc1"] == pytest.approx(3.0)
     assert values["layers/1/fn"] == pytest.approx((2 + 5 ** 0.5 + 1 + 2 ** 0.5) / 4)
-    assert [values[f"layers/2/{name}"] for name in contract.LAYER_METRIC_NAMES] == [0.0, 1.0, 2.0, 3.0]
+    assert [values[f"layers/2/{name}"] for name in schema.LAYER_METRIC_NAMES] == [0.0, 1.0, 2.0, 3.0]
     weight = torch.eye(2, dtype=torch.float64)
     full = collapse_metrics(features, labels, weight, torch.zeros(2, dtype=torch.float64), 2)
-    assert {name: full[name] for name in contract.LAYER_METRIC_NAMES} == pytest.approx(feature_collapse(features, labels, 2))
+    assert {name: full[name] for name in schema.LAYER_METRIC_NAMES} == pytest.approx(feature_collapse(features, labels, 2))
 
 
 def test_layer_t_nc_is_each_layers_first_epoch_below_the_threshold():
@@ -102,13 +102,13 @@ def test_train_layerwise_logs_every_layer_and_its_files(cli_store: str, tmp_path
     model.load_state_dict(state["model"])
     _, _, layers = predict_layers_in_chunks(model, data.train_x)
     assert history["layers/1/nc1"][-1] == pytest.approx(feature_collapse(layers[0], data.train_y, 10)["nc1"], rel=1e-6)
-    table = pd.read_csv(io.StringIO(open(client.download_artifacts(run_id, contract.LAYERS_FILE, str(tmp_path))).read()))
+    table = pd.read_csv(io.StringIO(open(client.download_artifacts(run_id, schema.LAYERS_FILE, str(tmp_path))).read()))
     assert list(table.columns) == ["epoch", *layer_names(RunConfig(depth=2, layerwise=True))]
     assert table["layers/1/nc1"].tolist() == pytest.approx(history["layers/1/nc1"])
     figures = {a.path for a in client.list_artifacts(run_id, "figures")}
-    assert contract.LAYERS_FIGURE in figures
-    history_csv = pd.read_csv(client.download_artifacts(run_id, contract.HISTORY_FILE, str(tmp_path)))
-    assert list(history_csv.columns) == list(contract.HISTORY_COLUMNS)  # history.csv keeps its columns
+    assert schema.LAYERS_FIGURE in figures
+    history_csv = pd.read_csv(client.download_artifacts(run_id, schema.HISTORY_FILE, str(tmp_path)))
+    assert list(history_csv.columns) == list(schema.HISTORY_COLUMNS)  # history.csv keeps its columns
 
 
 SMALL = {"dataset": "synthetic", "synthetic_classes": "4", "synthetic_shape": "1x4x4", "synthetic_per_class": "16",
@@ -117,8 +117,8 @@ SMALL = {"dataset": "synthetic", "synthetic_classes": "4", "synthetic_shape": "1
 
 
 def test_a_crashed_layerwise_imbalanced_run_resumes_to_the_uninterrupted_history(tmp_path, monkeypatch, crash_measure):
-    from ncflow import train as training
-    from ncflow.config import build_config
+    from ncflow.engine.config import build_config
+    from ncflow.tracked import train as training
 
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -140,8 +140,8 @@ def test_a_crashed_layerwise_imbalanced_run_resumes_to_the_uninterrupted_history
 
 
 def test_resnet20_layerwise_measures_its_stages_and_pooled_vector(tmp_path, monkeypatch):
-    from ncflow import train as training
-    from ncflow.config import build_config
+    from ncflow.engine.config import build_config
+    from ncflow.tracked import train as training
 
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     config = build_config(None, {**SMALL, "imbalance_ratio": "1", "arch": "resnet20", "synthetic_shape": "3x8x8",
@@ -149,5 +149,5 @@ def test_resnet20_layerwise_measures_its_stages_and_pooled_vector(tmp_path, monk
                                  "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"})
     row = training.train(config, progress=False, record_dir=tmp_path / "records").history[0]
     assert all(row[f"layers/{layer}/nc1"] > 0 for layer in (1, 2, 3, 4))
-    assert [row[f"layers/4/{name}"] for name in contract.LAYER_METRIC_NAMES] == \
-        [row[f"nc/{name}"] for name in contract.LAYER_METRIC_NAMES]
+    assert [row[f"layers/4/{name}"] for name in schema.LAYER_METRIC_NAMES] == \
+        [row[f"nc/{name}"] for name in schema.LAYER_METRIC_NAMES]

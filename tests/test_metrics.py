@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from ncflow.metrics import METRIC_NAMES, NonFiniteFeaturesError, collapse_metrics
+from ncflow.collapse.metrics import METRIC_NAMES, NonFiniteFeaturesError, collapse_metrics
 
 SCALE_FREE = ("nc1", "nc1_pinv", "nc2", "nc2_equinorm", "nc3", "ncc")
 
@@ -281,7 +281,7 @@ def test_cuda_matches_cpu() -> None:
 
 
 def test_test_set_collapse_uses_the_test_labels_and_is_nan_without_a_class() -> None:
-    from ncflow.engine import test_collapse
+    from ncflow.engine.loop import test_collapse
 
     vertices = simplex_etf(num_classes=4, dim=6, seed=2)
     head = torch.nn.Linear(6, 4, dtype=torch.float64)

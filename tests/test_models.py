@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ncflow.data import batch_indices, load_dataset
-from ncflow.models import MLP, ResNet20, build_model, predict_in_chunks, rescale_final_hidden
+from ncflow.engine.data import batch_indices, load_dataset
+from ncflow.engine.models import MLP, ResNet20, build_model, predict_in_chunks, rescale_final_hidden
 
 
 def test_mlp_returns_logits_and_the_last_activation_output() -> None:

@@ -5,12 +5,12 @@ import torch
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from analysis import contract
-from ncflow import engine, pack
-from ncflow import train as training
-from ncflow.cli import main
-from ncflow.config import ConfigError, build_config
-from ncflow.pack_train import train_pack
+from ncflow.cli.main import main
+from ncflow.engine import loop, pack
+from ncflow.engine.config import ConfigError, build_config
+from ncflow.tracked import train as training
+from ncflow.tracked.pack_train import train_pack
+from ncshared import schema
 
 SMALL = {"dataset": "synthetic", "synthetic_classes": "4", "synthetic_shape": "1x4x4", "synthetic_per_class": "16",
          "depth": "3", "width": "32", "batch_size": "12", "phase1_epochs": "5", "phase2_epochs": "5"}
@@ -23,9 +23,9 @@ def configs(**changes: str):
     return [build_config(None, {**SMALL, "seed": seed, "weight_decay": wd, "lr": lr, **changes}) for seed, wd, lr in MEMBERS]
 
 
-def standalone(config) -> engine.Setup:
-    setup = engine.prepare(config)
-    engine.run_epochs(setup, engine.NullSink(), progress=False)
+def standalone(config) -> loop.Setup:
+    setup = loop.prepare(config)
+    loop.run_epochs(setup, loop.NullSink(), progress=False)
     return setup
 
 
@@ -33,11 +33,11 @@ def standalone_history(config) -> list[dict[str, float]]:
     return standalone(config).history
 
 
-def packed(member_configs, batched: bool = True) -> list[engine.Setup]:
+def packed(member_configs, batched: bool = True) -> list[loop.Setup]:
     """Trained as a pack, through the batched pass (on the CPU too, where it is not the default)."""
-    members = [engine.prepare(config) for config in member_configs]
+    members = [loop.prepare(config) for config in member_configs]
     pack.share_data(members)
-    pack.run_pack(members, [engine.NullSink()] * len(members), progress=False, batched=batched)
+    pack.run_pack(members, [loop.NullSink()] * len(members), progress=False, batched=batched)
     return members
 
 
@@ -45,7 +45,7 @@ def packed_histories(member_configs, batched: bool = True) -> list[list[dict[str
     return [member.history for member in packed(member_configs, batched)]
 
 
-def assert_same_state(member: engine.Setup, alone: engine.Setup, rel: float) -> None:
+def assert_same_state(member: loop.Setup, alone: loop.Setup, rel: float) -> None:
     """Weights, BatchNorm buffers (num_batches_tracked too) and optimiser moments: the standalone run's."""
     ours, theirs = member.model.state_dict(), alone.model.state_dict()
     assert ours.keys() == theirs.keys()
@@ -62,7 +62,7 @@ def worst_relative_difference(first: list[dict[str, float]], second: list[dict[s
     worst = 0.0
     for left, right in zip(first, second):
         assert left.keys() == right.keys()
-        for key in left.keys() - {contract.EPOCH_TIME}:
+        for key in left.keys() - {schema.EPOCH_TIME}:
             worst = max(worst, abs(left[key] - right[key]) / max(abs(left[key]), 1e-12))
     return worst
 
@@ -92,7 +92,7 @@ def test_resnet20_members_equal_their_standalone_runs_in_float64(float64):
         assert len(member.history) == 3
         assert worst_relative_difference(member.history, alone.history) < 1e-9
         assert_same_state(member, alone, 1e-9)
-    assert not pack.batches_members([engine.prepare(member_configs[0])])  # on the CPU: one after another
+    assert not pack.batches_members([loop.prepare(member_configs[0])])  # on the CPU: one after another
 
 
 @pytest.mark.parametrize("arch", ["mlp", "resnet20"])
@@ -112,7 +112,7 @@ def test_members_equal_their_standalone_runs_in_float32(arch):
 
 
 def test_packed_logits_are_each_members_own():
-    members = [engine.prepare(config) for config in configs()]
+    members = [loop.prepare(config) for config in configs()]
     inputs = torch.stack([member.data.train_x[:5].flatten(1) for member in members])
     logits = pack.packed_mlp_logits([member.model for member in members], inputs)
     for member, member_logits in zip(members, logits):
@@ -142,11 +142,11 @@ def test_train_seeds_makes_one_run_per_seed_like_a_standalone_run(cli_store: str
     differing = {"tracking_uri"}  # the only param that names where the run went
     assert {k: v for k, v in member.data.params.items() if k not in differing} == \
         {k: v for k, v in alone.data.params.items() if k not in differing}
-    stable_tags = (contract.TAG_KIND, contract.TAG_CONDITION, contract.TAG_STATUS, contract.TAG_RUN_NAME)
+    stable_tags = (schema.TAG_KIND, schema.TAG_CONDITION, schema.TAG_STATUS, schema.TAG_RUN_NAME)
     assert {t: member.data.tags[t] for t in stable_tags} == {t: alone.data.tags[t] for t in stable_tags}
     assert member.data.metrics.keys() == alone.data.metrics.keys()
-    for key in (*contract.PER_EPOCH_METRICS, *member.data.metrics.keys()):
-        if key == contract.EPOCH_TIME:
+    for key in (*schema.PER_EPOCH_METRICS, *member.data.metrics.keys()):
+        if key == schema.EPOCH_TIME:
             continue
         ours = [m.value for m in sorted(client.get_metric_history(member.info.run_id, key), key=lambda m: m.step)]
         theirs = [m.value for m in sorted(alone_client.get_metric_history(alone.info.run_id, key), key=lambda m: m.step)]
@@ -179,23 +179,23 @@ def test_a_crashed_pack_leaves_every_member_resumable_alone(tmp_path, monkeypatc
     client = MlflowClient(store)
     runs = client.search_runs([client.get_experiment_by_name("ncflow").experiment_id])
     assert sorted(run.info.status for run in runs) == ["FAILED"] * 3
-    assert {run.data.tags[contract.TAG_FAIL_REASON] for run in runs} == {"RuntimeError: simulated crash"}
+    assert {run.data.tags[schema.TAG_FAIL_REASON] for run in runs} == {"RuntimeError: simulated crash"}
     by_seed = {run.data.params["seed"]: run.info.run_id for run in runs}
     resumed = training.resume(by_seed["1"], tracking_uri=store, progress=False, record_dir=tmp_path / "records")
     alone = training.train(member_configs[1].replace(tracking_uri=f"sqlite:///{tmp_path / 'alone.db'}"),
                            progress=False, record_dir=tmp_path / "records")
     assert [row["epoch"] for row in resumed.history] == [1, 2, 3, 4, 5, 6]
     assert worst_relative_difference(resumed.history, alone.history) < 1e-4
-    steps = [m.step for m in client.get_metric_history(by_seed["1"], contract.NC1)]
+    steps = [m.step for m in client.get_metric_history(by_seed["1"], schema.NC1)]
     assert sorted(steps) == [1, 2, 3, 4, 5, 6]  # each epoch once
 
 
 def test_matmul_precision_is_set_for_the_process_and_logged(cli_store: str):
     previous = torch.get_float32_matmul_precision()
     try:
-        engine.prepare(build_config(None, {**SMALL, "matmul_precision": "high"}))
+        loop.prepare(build_config(None, {**SMALL, "matmul_precision": "high"}))
         assert torch.get_float32_matmul_precision() == "high"
-        engine.prepare(build_config(None, SMALL))
+        loop.prepare(build_config(None, SMALL))
         assert torch.get_float32_matmul_precision() == "highest"  # the default: true float32
     finally:
         torch.set_float32_matmul_precision(previous)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from ncflow import mlproject
-from ncflow.config import PRESETS, RunConfig, build_config
+from ncflow.cli import mlproject
+from ncflow.engine.config import PRESETS, RunConfig, build_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,9 +7,10 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from analysis import claims, contract as c, paper, store
+from analysis import claims, paper, store
 from analysis.aggregate import Estimates
 from analysis.cli import main as analysis_main
+from ncshared import schema as c
 from tests import mlflow_fixtures as fx
 
 PHASE1, EPOCHS = 10, 40

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 
-from ncflow import reproduce
-from ncflow.cli import main
+from ncflow.cli.main import main
+from ncflow.sweeps import reproduce
 
 MNIST5K = {"dataset": "mnist-5k", "experiment": "ncflow", "tracking_uri": ""}
 

@@ -17,7 +17,13 @@ import optuna
 import pytest
 from click.testing import CliRunner
 
-from analysis.contract import (
+from ncflow.cli.main import main
+from ncflow.sweeps.grids import NAMED_SWEEPS, parse_seeds, parse_settings, resolve_points, with_seeds
+from ncflow.sweeps.runs import finished_result, trial_tag
+from ncflow.sweeps.storage import DEFAULT_STORAGE, open_storage, storage_kind, storage_url, study_trials
+from ncflow.sweeps.trial_liveness import STALE_REASON
+from ncflow.sweeps.trials import ATTR_OWNER, ATTR_RUN_ID, ATTR_STATUS, ATTR_T_NC, objective_value
+from ncshared.schema import (
     CHECKPOINT_PHASE1_END,
     FAIL_REASON_INTERRUPTED,
     KIND_SWEEP,
@@ -36,12 +42,6 @@ from analysis.contract import (
     TAG_TRIAL,
     checkpoint_path,
 )
-from ncflow.cli import main
-from ncflow.sweep_grids import NAMED_SWEEPS, parse_seeds, parse_settings, resolve_points, with_seeds
-from ncflow.sweep_liveness import STALE_REASON
-from ncflow.sweep_runs import finished_result, trial_tag
-from ncflow.sweep_storage import DEFAULT_STORAGE, open_storage, storage_kind, storage_url, study_trials
-from ncflow.sweep_trials import ATTR_OWNER, ATTR_RUN_ID, ATTR_STATUS, ATTR_T_NC, objective_value
 from tests.mlflow_fixtures import LocalStore
 from tests.postgres_server import PostgresUnavailable, start_postgres
 

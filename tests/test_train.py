@@ -5,9 +5,9 @@ import math
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ncflow import run_artifacts, tracking
-from ncflow import train as training
-from ncflow.config import build_config
+from ncflow.engine.config import build_config
+from ncflow.tracked import artifacts, mlflow_run
+from ncflow.tracked import train as training
 
 SMALL = {
     "dataset": "synthetic",
@@ -95,7 +95,7 @@ def test_crash_leaves_failed_run_with_reason_and_resume_completes_it(store, cras
     assert run.info.status == "FAILED"
     assert run.data.tags["ncflow.status"] == "failed"
     assert run.data.tags["ncflow.fail_reason"] == "RuntimeError: simulated out-of-memory"
-    state = tracking.load_checkpoint(client, run.info.run_id, "last")
+    state = mlflow_run.load_checkpoint(client, run.info.run_id, "last")
     assert state["epoch"] == 4 and len(state["history"]) == 4  # the crash lost no finished epoch
 
     restore()
@@ -119,7 +119,7 @@ def test_resnet20_trains_one_epoch_on_synthetic_images(store):
 
 def test_bad_init_from_creates_no_run(store):
     client = MlflowClient(store)
-    experiment_id = tracking.ensure_experiment(client, "ncflow")
+    experiment_id = mlflow_run.ensure_experiment(client, "ncflow")
     before = len(client.search_runs([experiment_id], max_results=1000))
     with pytest.raises(training.ConfigError, match="init_from: no MLflow run 'deadbeef'"):
         training.train(small_config(store, init_from="deadbeef"), progress=False)
@@ -169,7 +169,7 @@ def test_resuming_a_run_that_had_already_stopped_trains_nothing_more(store, monk
     def broken_figure(*args, **kwargs):
         raise RuntimeError("figure failed")
 
-    monkeypatch.setattr(run_artifacts, "dynamics_figure_png", broken_figure)
+    monkeypatch.setattr(artifacts, "dynamics_figure_png", broken_figure)
     with pytest.raises(RuntimeError, match="figure failed"):
         training.train(config, progress=False)
     client = MlflowClient(store)

@@ -9,10 +9,10 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from analysis import contract
-from ncflow.cli import main
+from ncflow.cli.main import main
+from ncshared import schema
 
-EPOCH_KEYS = set(contract.PER_EPOCH_METRICS)
+EPOCH_KEYS = set(schema.PER_EPOCH_METRICS)
 TINY = ["--depth", "2", "--width", "64", "--phase1-epochs", "3", "--phase2-epochs", "3", "--checkpoint-every", "2"]
 
 
@@ -105,7 +105,7 @@ def test_checkpoints_option_chooses_what_mlflow_keeps(store, choice, kept):
 
 
 def test_boolean_fields_are_flags_and_the_mlproject_form_takes_a_value(store):
-    from ncflow.cli_options import merge_value_forms
+    from ncflow.cli.options import merge_value_forms
 
     assert merge_value_forms({"nesterov": None, "nesterov_value": "true"}) == {"nesterov": "true"}
     assert merge_value_forms({"nesterov": "false", "nesterov_value": "true"}) == {"nesterov": "false"}
@@ -146,7 +146,7 @@ def test_bad_input_is_one_line_and_creates_no_run(store, option, value, message)
 def test_etf_classifier_is_an_exact_simplex_and_stays_fixed(store, tmp_path: Path):
     import torch
 
-    from ncflow.models import simplex_etf
+    from ncflow.engine.models import simplex_etf
 
     etf = simplex_etf(10, 64, seed=0)
     gram = etf @ etf.T

@@ -24,16 +24,16 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from analysis import contract  # noqa: E402  (the checkout's contract, also when run as a script)
+from ncshared import schema  # noqa: E402  (the checkout's contract, also when run as a script)
 
-KEPT_TAG_PREFIXES = ("ncflow.", contract.TAG_RUN_NAME, contract.TAG_NOTE)
-DROPPED_TAGS = (contract.TAG_HEARTBEAT, contract.TAG_PARENT_RUN)  # the parent run is not carried
+KEPT_TAG_PREFIXES = ("ncflow.", schema.TAG_RUN_NAME, schema.TAG_NOTE)
+DROPPED_TAGS = (schema.TAG_HEARTBEAT, schema.TAG_PARENT_RUN)  # the parent run is not carried
 BATCH = 900  # metrics per log_batch (MLflow allows 1,000)
 
 
@@ -41,7 +41,7 @@ def training_runs(client: MlflowClient) -> list:
     experiments = [e.experiment_id for e in client.search_experiments()]
     found, token = [], None
     while True:
-        page = client.search_runs(experiments, f"tags.`{contract.TAG_KIND}` = '{contract.KIND_TRAIN}' and "
+        page = client.search_runs(experiments, f"tags.`{schema.TAG_KIND}` = '{schema.KIND_TRAIN}' and "
                                                "attributes.status = 'FINISHED'", max_results=1000, page_token=token)
         found += list(page)
         token = page.token
@@ -54,17 +54,17 @@ def export_runs(client: MlflowClient, out: Path) -> int:
     written = 0
     for run in training_runs(client):
         info, data = run.info, run.data
-        original_id = data.tags.get(contract.TAG_CARRIED_FROM, info.run_id)  # a carried run keeps its file
+        original_id = data.tags.get(schema.TAG_CARRIED_FROM, info.run_id)  # a carried run keeps its file
         path = out / f"{info.run_name}-{original_id[:8]}.json.gz"
         if path.exists():
             continue
-        history = Path(client.download_artifacts(info.run_id, contract.HISTORY_FILE)).read_text()
+        history = Path(client.download_artifacts(info.run_id, schema.HISTORY_FILE)).read_text()
         record = {
             "run_id": info.run_id, "run_name": info.run_name,
             "experiment": client.get_experiment(info.experiment_id).name,
             "start_time": info.start_time, "end_time": info.end_time, "params": dict(data.params),
             "tags": {k: v for k, v in data.tags.items() if k.startswith(KEPT_TAG_PREFIXES) and k not in DROPPED_TAGS},
-            "summary": {k: v for k, v in data.metrics.items() if k.startswith(contract.SUMMARY_PREFIXES)},
+            "summary": {k: v for k, v in data.metrics.items() if k.startswith(schema.SUMMARY_PREFIXES)},
             "history": history,
         }
         path.write_bytes(gzip.compress(json.dumps(record, sort_keys=True).encode(), mtime=0))
@@ -76,14 +76,14 @@ def already_here(client: MlflowClient) -> set[str]:
     """The original ids of the runs this store holds: those carried in, and its own (a store exported from)."""
     here = set()
     for run in training_runs(client):
-        here |= {run.info.run_id, run.data.tags.get(contract.TAG_CARRIED_FROM, run.info.run_id)}
+        here |= {run.info.run_id, run.data.tags.get(schema.TAG_CARRIED_FROM, run.info.run_id)}
     return here
 
 
 def import_run(client: MlflowClient, record: dict) -> str:
     experiment = client.get_experiment_by_name(record["experiment"])
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(record["experiment"])
-    tags = {**record["tags"], contract.TAG_CARRIED_FROM: record["run_id"]}
+    tags = {**record["tags"], schema.TAG_CARRIED_FROM: record["run_id"]}
     run_id = client.create_run(experiment_id, start_time=record["start_time"], tags=tags,
                                run_name=record["run_name"]).info.run_id
     params = [Param(k, v) for k, v in record["params"].items()]
@@ -92,13 +92,13 @@ def import_run(client: MlflowClient, record: dict) -> str:
     history = pd.read_csv(io.StringIO(record["history"]))
     stamp = record["start_time"]
     metrics = [Metric(k, float(v), stamp, 0) for k, v in record["summary"].items()]
-    columns = [name for name in history.columns if name != contract.HISTORY_EPOCH]
+    columns = [name for name in history.columns if name != schema.HISTORY_EPOCH]
     for row in history.to_dict("records"):
-        epoch = int(row[contract.HISTORY_EPOCH])
+        epoch = int(row[schema.HISTORY_EPOCH])
         metrics += [Metric(name, float(row[name]), stamp + epoch, epoch) for name in columns if pd.notna(row[name])]
     for start in range(0, len(metrics), BATCH):
         client.log_batch(run_id, metrics=metrics[start:start + BATCH])
-    client.log_text(run_id, record["history"], contract.HISTORY_FILE)
+    client.log_text(run_id, record["history"], schema.HISTORY_FILE)
     client.set_terminated(run_id, "FINISHED", end_time=record["end_time"])
     return run_id
 

@@ -23,8 +23,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from analysis import contract  # noqa: E402
 from analysis.report import Source, build_report, experiments_read, read_runs  # noqa: E402
+from ncshared import schema  # noqa: E402
 
 COMMAND = "nohup tools/reproduce_mnist5k.sh >> reproduction/reproduce.log 2>&1 &   # = ncflow reproduce --dataset mnist-5k --workers 2"
 STORE_NAME = "a store imported from docs/reproduction/runs (`tools/carry_runs.py import`)"
@@ -78,7 +78,7 @@ def runs_section(runs) -> list[str]:
 def reading_section(runs, report_dir: Path) -> list[str]:
     """What the claims table needs beside it, counted from the runs: how many collapse, and where fn first crosses."""
     finished = runs[runs["mlflow_status"] == "FINISHED"]
-    collapsed = finished[contract.T_NC].notna()
+    collapsed = finished[schema.T_NC].notna()
     by_sweep = ", ".join(f"{sweep} {int(group.sum())}/{len(group)}"
                          for sweep, group in collapsed.groupby(finished["sweep"], sort=True))
     loose = finished["collapse/eps_0.05/T_NC"].notna().sum() if "collapse/eps_0.05/T_NC" in finished else 0

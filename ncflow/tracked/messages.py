@@ -1,0 +1,142 @@
+"""What a run tells its reader: the Markdown description the MLflow UI shows, and the end-of-run message.
+
+The description (`schema.TAG_NOTE`, MLflow's `mlflow.note.content`) opens the run's Overview tab: status, ε,
+T_NC, fn*, the early warning when known, the phase switch, and the dynamics figure inlined through the tracking
+server's own artifact endpoint (`get-artifact`, relative to the UI's address, so it works behind any host name).
+The end-of-run message says where the run went: run id and name, experiment, store, the figure's artifact URI
+and the command that shows it in the MLflow UI.
+"""
+
+from __future__ import annotations
+
+import math
+import urllib.parse
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from ncflow.engine.config import RunConfig
+from ncshared import schema
+
+STATUS_WORDS = {
+    schema.STATUS_RUNNING: "training",
+    schema.STATUS_COLLAPSED: "collapsed",
+    schema.STATUS_NOT_COLLAPSED: "not collapsed",
+    schema.STATUS_DIVERGED: "diverged",
+    schema.STATUS_FAILED: "failed",
+}
+
+
+def phase_line(config: RunConfig) -> str:
+    """`Phase 1 (cross-entropy) epochs 1–50, Phase 2 (MSE) 51–600`, or the one-loss protocol."""
+    total = config.total_epochs
+    if config.protocol == "ce-only":
+        return f"cross-entropy only, epochs 1–{total}"
+    if config.protocol == "mse-only":
+        return f"MSE only, epochs 1–{total}"
+    start = 1 if config.init_from == "none" else config.phase1_epochs + 1
+    phase1 = f"Phase 1 (cross-entropy) epochs 1–{config.phase1_epochs}, " if start == 1 else ""
+    return f"{phase1}Phase 2 (MSE on one-hot targets) {config.phase1_epochs + 1}–{total}"
+
+
+def figure_markdown(run_id: str) -> str:
+    query = urllib.parse.urlencode({"path": schema.DYNAMICS_FIGURE, "run_uuid": run_id})
+    return f"![dynamics](get-artifact?{query})"
+
+
+def description(
+    run_id: str, config: RunConfig, status: str, summary: Mapping[str, float], last_row: Mapping[str, float] | None,
+) -> str:
+    """The run's Markdown description, for a run starting (`status` running) or ended."""
+    eps = summary.get(schema.COLLAPSE_THRESHOLD, math.nan)
+    t_nc, fn_star = summary.get(schema.T_NC), summary.get(schema.FN_STAR)
+    headline = f"**{STATUS_WORDS.get(status, status)}**"
+    if t_nc is not None and fn_star is not None:
+        headline += f" at **T_NC = {t_nc:.0f}**, **fn\\* = {fn_star:.4f}**"
+    if not math.isnan(eps):
+        headline += f" (collapse: NC1 < ε = {eps:g})"
+    lines = [headline, "", f"- {phase_line(config)}"]
+    t_cross, predicted = summary.get(schema.T_CROSS), summary.get(schema.T_NC_PRED)
+    if t_cross is not None:
+        warning = f"- early warning: fn fell below fn_ref = {summary.get(schema.FN_REF, math.nan):.4f} at T_cross = {t_cross:.0f}"
+        if predicted is not None:
+            warning += f", predicting T_NC ≈ {predicted:.0f} (lead {config.lead})"
+        lines.append(warning)
+    if last_row:
+        lines.append(
+            f"- after epoch {last_row[schema.HISTORY_EPOCH]:.0f}: NC1 {last_row[schema.NC1]:.4g}, "
+            f"fn {last_row[schema.FN]:.4g}, train acc {last_row[schema.TRAIN_ACC]:.2%}, "
+            f"test acc {last_row[schema.TEST_ACC]:.2%}"
+        )
+    lines.append(
+        "- charts: section **NC** of *Model metrics* (log10 NC1, log10 fn, and `under_eps`: 1 where NC1 < ε); "
+        f"all metrics under `nc/`; every epoch in `{schema.HISTORY_FILE}`"
+    )
+    if status != schema.STATUS_RUNNING:
+        lines += ["", f"`{schema.DYNAMICS_FIGURE}`:", "", figure_markdown(run_id)]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class RunPlace:
+    """Where a run is: enough to find it again."""
+
+    run_id: str
+    run_name: str
+    experiment: str
+    experiment_id: str
+    tracking_uri: str
+    artifact_uri: str
+
+
+def see_it(place: RunPlace) -> str:
+    """How to open the run in the MLflow UI: its page on the server, or the `mlflow ui` command and the page."""
+    if place.tracking_uri.startswith(("http://", "https://")):
+        return f"{place.tracking_uri.rstrip('/')}/#/experiments/{place.experiment_id}/runs/{place.run_id}"
+    return (f"mlflow ui --backend-store-uri {place.tracking_uri}   then "
+            f"http://127.0.0.1:5000/#/experiments/{place.experiment_id}/runs/{place.run_id}")
+
+
+def end_message(place: RunPlace, status: str, t_nc: int | None, fn_star: float | None) -> Sequence[str]:
+    """The lines `ncflow train` prints at the end: the outcome, then where the run is."""
+    t_text = "never" if t_nc is None else str(t_nc)
+    fn_text = "-" if fn_star is None else f"{fn_star:.4f}"
+    return [
+        f"run {place.run_id}: {status}, T_NC={t_text}, fn*={fn_text}",
+        f"  name        {place.run_name}",
+        f"  experiment  {place.experiment} (id {place.experiment_id})",
+        f"  store       {place.tracking_uri}",
+        f"  figure      {place.artifact_uri.rstrip('/')}/{schema.DYNAMICS_FIGURE}",
+        f"  see it      {see_it(place)}",
+    ]
+
+
+def sweep_end_message(tracking_uri: str, experiment: str, name: str) -> Sequence[str]:
+    """Where a sweep's results are: its parent run (the `mlflow run` run, else the latest `sweep-NAME`) and the
+    summary CSV artifact; nothing when the store cannot say (the sweep's own output already gave the counts)."""
+    from mlflow.tracking import MlflowClient
+
+    from ncshared.mlflow_env import adopted_run_id
+
+    try:
+        client = MlflowClient(tracking_uri=tracking_uri)
+        adopted = adopted_run_id()
+        if adopted:
+            parent = client.get_run(adopted)
+        else:
+            from ncflow.sweeps.coordinator import latest_parent
+
+            found = client.get_experiment_by_name(experiment)
+            runs = [] if found is None else latest_parent(client, found.experiment_id, name)
+            if not runs:
+                return []
+            parent = runs[0]
+    except Exception:  # the store went away at the very end: the counts above still stand
+        return []
+    place = RunPlace(parent.info.run_id, parent.info.run_name or "", experiment, parent.info.experiment_id,
+                     tracking_uri, parent.info.artifact_uri)
+    return [
+        f"  parent run  {place.run_id} ({place.run_name}), experiment {experiment}",
+        f"  summary     {place.artifact_uri.rstrip('/')}/{schema.SWEEP_SUMMARY_FILE}",
+        f"  see it      {see_it(place)}",
+        "  tables      ncflow-analysis report --sweep " + name + (f" --tracking-uri {tracking_uri}"),
+    ]

@@ -1,0 +1,336 @@
+"""Train one condition as an MLflow run that no crash, signal or tracking-server outage loses.
+
+Reads top to bottom: check the store and build everything (bad input stops here, before a run exists),
+open the run, create its local record, train with the engine writing into the record while a background
+shipper sends the record to MLflow, then record the results. `resume` continues a run whose process died,
+from its local record or, on another machine, from its MLflow checkpoint. See docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from torch import Tensor
+
+from ncflow.engine import loop, optional_metrics
+from ncflow.engine.config import ConfigError, RunConfig, run_name
+from ncflow.engine.loop import Setup
+from ncflow.engine.models import predict_in_chunks
+from ncflow.record.local_record import RunRecord, record_root
+from ncflow.record.shipper import STALE_AFTER_S, Shipper, parse_heartbeat
+from ncflow.record.signals import interruption_reason, termination_as_interrupt
+from ncflow.record.sink import RecordSink
+from ncflow.tracked import artifacts, messages, mlflow_run, stale_runs
+from ncshared import schema
+
+SHIP_TIMEOUT_S = 60.0  # how long `ncflow train` waits at the end for a server that is down
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) run reports back to its caller, e.g. a sweep trial."""
+
+    run_id: str
+    status: str  # collapsed | not_collapsed | diverged
+    t_nc: int | None
+    fn_star: float | None
+    summary: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    unshipped: int = 0  # journal entries MLflow does not have yet (`ncflow sync` sends them)
+    record_dir: str = ""
+    place: messages.RunPlace | None = None  # where the run is (for the end-of-run message)
+
+
+def resolve_fn_ref(client: MlflowClient, config: RunConfig) -> float | None:
+    if config.fn_ref == "none":
+        return None
+    if config.fn_ref == "auto":
+        return mlflow_run.reference_fn_star(client, config)
+    return float(config.fn_ref)
+
+
+def load_phase1_source(client: MlflowClient, run_id: str) -> dict[str, Any]:
+    try:
+        return mlflow_run.load_checkpoint(client, run_id, schema.CHECKPOINT_PHASE1_END)
+    except MlflowException:
+        raise ConfigError(
+            f"init_from: run {run_id} has no {schema.checkpoint_path(schema.CHECKPOINT_PHASE1_END)} "
+            "(train it with protocol two-phase)"
+        ) from None
+    except ValueError as error:
+        raise ConfigError(f"init_from: {error}") from None
+
+
+def record_results(setup: Setup, record: RunRecord, sink: RecordSink) -> dict[str, float]:
+    """Summary metrics, status tags, history.csv, config.json and the dynamics figure, into the record."""
+    detector = setup.detector
+    summary = detector.summary_metrics()
+    sink.summary(summary)
+    tags = {schema.TAG_STATUS: detector.status}
+    if detector.diverged and detector.divergence_reason:
+        tags[schema.TAG_DIVERGENCE_REASON] = detector.divergence_reason
+    record.tags(tags)
+    record.artifact_bytes(schema.HISTORY_FILE, artifacts.history_csv(setup.history))
+    record.artifact_bytes(schema.CONFIG_FILE, artifacts.config_json(setup.config))
+    figure = artifacts.dynamics_figure_png(record.run_id, setup.history, summary, setup.config)
+    record.artifact_bytes(schema.DYNAMICS_FIGURE, figure)
+    _, features = predict_in_chunks(setup.model, setup.data.train_x)  # the end's features, one pass for both
+    record_angles(setup, record, features)
+    record_optional(setup, record, sink, features)
+    last = setup.history[-1] if setup.history else None
+    note = messages.description(record.run_id, setup.config, detector.status, summary, last)
+    record.tags({schema.TAG_NOTE: note})
+    return summary
+
+
+def record_angles(setup: Setup, record: RunRecord, features: Tensor) -> None:
+    """class_mean_angles.json and its histogram: the pairwise class-mean angles at T_NC and at the end (from the
+    training set's final `features`)."""
+    at_end = loop.training_set_angles(setup, features)
+    detector, classes = setup.detector, setup.data.num_classes
+    args = (classes, setup.angles_at_collapse, at_end, detector.t_nc, detector.last_epoch)
+    record.artifact_bytes(schema.ANGLES_FILE, artifacts.angles_json(*args))
+    record.artifact_bytes(schema.ANGLES_FIGURE, artifacts.angles_figure_png(*args, title=run_name(setup.config)))
+
+
+def record_optional(setup: Setup, record: RunRecord, sink: RecordSink, features: Tensor) -> None:
+    """Under `--layerwise`: each layer's T_NC, layers.csv and its figure; under imbalance: class_nc1.csv (from the
+    training set's final `features`)."""
+    config = setup.config
+    if config.layerwise:
+        sink.summary(optional_metrics.layer_collapse_epochs(setup.history, config, setup.detector.threshold))
+        record.artifact_bytes(schema.LAYERS_FILE, optional_metrics.layers_csv(setup.history, config))
+        figure = optional_metrics.layers_figure_png(setup.history, config, run_name(config))
+        record.artifact_bytes(schema.LAYERS_FIGURE, figure)
+    if setup.minority is not None:
+        table = optional_metrics.class_nc1_csv(features, setup.data.train_y, setup.class_counts, setup.minority)
+        record.artifact_bytes(schema.CLASS_NC1_FILE, table)
+
+
+def note_start(setup: Setup, record: RunRecord) -> None:
+    """The description a run shows while it trains (replaced by the summary at the end)."""
+    summary = setup.detector.summary_metrics()
+    last = setup.history[-1] if setup.history else None
+    record.tags({schema.TAG_NOTE: messages.description(record.run_id, setup.config, schema.STATUS_RUNNING,
+                                                             summary, last)})
+
+
+def place_of(client: MlflowClient, run_id: str) -> messages.RunPlace:
+    run = client.get_run(run_id)
+    experiment = client.get_experiment(run.info.experiment_id)
+    return messages.RunPlace(run_id, run.info.run_name or "", experiment.name, experiment.experiment_id,
+                                client.tracking_uri, run.info.artifact_uri)
+
+
+@dataclass
+class RecordedRun:
+    """One open MLflow run while it trains: its setup, local record, sink and shipper (see `run_recorded`).
+
+    The steps are separate so a pack (ncflow.tracked.pack_train) can hold several at once."""
+
+    setup: Setup
+    client: MlflowClient
+    record: RunRecord
+    place: messages.RunPlace | None
+    sink: RecordSink = field(init=False)
+    shipper: Shipper = field(init=False)
+    summary: dict[str, float] = field(default_factory=dict)
+    final_status: str = "FAILED"
+
+    def begin(self) -> RecordedRun:
+        """The sink, the starting description (and class counts), the shipper, the intervention's summary."""
+        setup, record, config = self.setup, self.record, self.setup.config
+        self.sink = RecordSink(record, config.checkpoint_every, schema.CHECKPOINT_CHOICES[config.checkpoints])
+        note_start(setup, record)
+        if setup.minority is not None:
+            record.tags({schema.TAG_CLASS_COUNTS: ",".join(str(n) for n in setup.class_counts)})
+            record.artifact_bytes(schema.CLASS_COUNTS_FILE,
+                                  optional_metrics.class_counts_json(setup.class_counts, config, setup.minority))
+        self.shipper = Shipper(self.client, record).start()
+        self.sink.summary(setup.intervention)
+        return self
+
+    def finish(self) -> None:
+        """After the last epoch (the sink closed): the summary, the files, FINISHED."""
+        self.summary = record_results(self.setup, self.record, self.sink)
+        self.final_status = "FINISHED"
+
+    def fail(self, error: BaseException) -> None:
+        """FAILED (an exception) or KILLED (Ctrl-C, SIGTERM, SIGHUP), with the reason (the sink closed: the resume
+        state of the last finished epoch is kept)."""
+        interrupted = isinstance(error, KeyboardInterrupt)
+        reason = interruption_reason(error) if interrupted else f"{type(error).__name__}: {error}"
+        self.record.tags({
+            schema.TAG_STATUS: schema.STATUS_FAILED, schema.TAG_FAIL_REASON: reason[:5000],
+            schema.TAG_NOTE: f"**failed** after epoch {self.setup.detector.last_epoch or 0}: {reason[:2000]}\n\n"
+                               f"Continue it with `ncflow train --resume {self.record.run_id}`."})
+        self.final_status = "KILLED" if interrupted else "FAILED"
+
+    def close(self, ship_timeout_s: float | None) -> TrainResult:
+        """The MLflow status, the last shipping, the record released; what the run reports back."""
+        record = self.record
+        record.status(self.final_status)
+        unshipped = self.shipper.close(ship_timeout_s)
+        record.close()
+        record.release()
+        if unshipped:
+            print(
+                f"ncflow: MLflow at {self.client.tracking_uri} did not take {unshipped} journal entries of run "
+                f"{record.run_id}; they are kept in {record.directory} — `ncflow sync` sends them",
+                file=sys.stderr,
+            )
+        detector = self.setup.detector
+        return TrainResult(record.run_id, detector.status, detector.t_nc, detector.fn_star, self.summary,
+                           self.setup.history, unshipped, str(record.directory), self.place)
+
+
+def run_recorded(
+    setup: Setup, client: MlflowClient, record: RunRecord, progress: bool, ship_timeout_s: float | None,
+    place: messages.RunPlace | None = None,
+) -> TrainResult:
+    """The loop inside an open run. Any exception, Ctrl-C, SIGTERM or SIGHUP leaves the run FAILED/KILLED
+    with its reason and a resumable state; what MLflow has not taken yet stays in the record."""
+    run = RecordedRun(setup, client, record, place).begin()
+    try:
+        with termination_as_interrupt():
+            try:
+                loop.run_epochs(setup, run.sink, progress)
+            finally:
+                run.sink.close()  # the last finished epoch's state and last.pt, also after a crash
+            run.finish()
+    except BaseException as error:  # KeyboardInterrupt and SystemExit too: the run must not stay RUNNING
+        run.fail(error)
+        raise
+    finally:
+        result = run.close(ship_timeout_s)
+    return result
+
+
+def train(
+    config: RunConfig,
+    *,
+    sweep: str | None = None,
+    parent_run_id: str | None = None,
+    extra_tags: Mapping[str, str] | None = None,
+    progress: bool = True,
+    record_dir: str | Path | None = None,
+    ship_timeout_s: float | None = SHIP_TIMEOUT_S,
+) -> TrainResult:
+    """Train one condition and track it in MLflow. Bad input raises ConfigError before a run exists."""
+    client = mlflow_run.client_for(config)
+    config = mlflow_run.with_adopted_experiment(client, config)
+    setup = prepared(client, config)
+    root = record_root(record_dir)
+    stale_runs.sync_in_background(root, client.tracking_uri)  # earlier runs' leftovers for this store
+    record, place = opened(client, config, root, sweep, parent_run_id, extra_tags)
+    return run_recorded(setup, client, record, progress, ship_timeout_s, place)
+
+
+def prepared(client: MlflowClient, config: RunConfig) -> Setup:
+    """The engine's set-up, started from the Phase-1 source for an intervention (ConfigError before any run)."""
+    if config.init_from != "none":
+        mlflow_run.require_run(client, config.init_from, "init_from")
+    setup = loop.prepare(config, resolve_fn_ref(client, config))
+    if config.init_from != "none":
+        loop.start_from_phase1(setup, load_phase1_source(client, config.init_from), config.init_from)
+    return setup
+
+
+def opened(
+    client: MlflowClient, config: RunConfig, root: Path, sweep: str | None, parent_run_id: str | None,
+    extra_tags: Mapping[str, str] | None,
+) -> tuple[RunRecord, messages.RunPlace]:
+    """A new MLflow run (adopted under `mlflow run`) and its local record."""
+    run_id = mlflow_run.open_run(client, config, sweep=sweep, parent_run_id=parent_run_id, extra_tags=extra_tags)
+    place = place_of(client, run_id)  # read now: the store may be down when the run ends
+    record = RunRecord.create(root, run_id, {"tracking_uri": client.tracking_uri, "experiment": config.experiment})
+    return record, place
+
+
+# ------------------------------------------------------------------------------------------------ resume
+
+
+def refuse_live_run(run: Any, record: RunRecord) -> None:
+    """A run whose process still trains must not get a second one.
+
+    The local record knows best (its owner's pid and start time); without one (another machine's run),
+    the heartbeat tag decides.
+    """
+    if record.exists():
+        owner = record.owner()
+        if owner is not None and owner.alive():
+            raise ConfigError(f"resume: run {run.info.run_id} is still training ({owner.label()}); stop it first")
+        return  # released, or its process is gone: whatever the heartbeat says, nobody trains it
+    beat = parse_heartbeat(run.data.tags.get(schema.TAG_HEARTBEAT))
+    if run.info.status == "RUNNING" and beat is not None and time.time() - beat[0] < STALE_AFTER_S:
+        raise ConfigError(
+            f"resume: run {run.info.run_id} is still training (heartbeat {time.time() - beat[0]:.0f} s ago from "
+            f"{beat[1]} pid {beat[2]}); a run is stale {STALE_AFTER_S:.0f} s after its last heartbeat"
+        )
+
+
+def resume_state(
+    client: MlflowClient, run_id: str, root: Path, config: RunConfig
+) -> tuple[RunRecord, dict[str, Any], dict[int, Any]]:
+    """The record to continue in, the newest resume state, and the rows already logged after it."""
+    local = RunRecord(root / run_id)
+    if local.state_path.exists():
+        try:
+            state = mlflow_run.load_state_file(local.state_path, str(local.state_path))
+        except ValueError as error:
+            raise ConfigError(f"resume: {error}; remove it to resume from MLflow's {schema.checkpoint_path('last')}") from None
+        return local, state, local.epoch_rows()
+    try:
+        state = mlflow_run.load_checkpoint(client, run_id, schema.CHECKPOINT_LAST)
+    except MlflowException:
+        raise ConfigError(
+            f"resume: run {run_id} has no resume state: looked for {local.state_path} and for the MLflow artifact "
+            f"{schema.checkpoint_path(schema.CHECKPOINT_LAST)} in {client.tracking_uri}"
+        ) from None
+    except ValueError as error:
+        raise ConfigError(f"resume: {error}") from None
+    record = RunRecord.create(root, run_id, {"tracking_uri": client.tracking_uri})
+    keys = (*schema.PER_EPOCH_METRICS, *optional_metrics.optional_metric_names(config))
+    return record, state, mlflow_run.logged_epoch_rows(client, run_id, after=int(state["epoch"]), keys=keys)
+
+
+def resume(
+    run_id: str,
+    *,
+    tracking_uri: str = "",
+    progress: bool = True,
+    force: bool = False,
+    record_dir: str | Path | None = None,
+    ship_timeout_s: float | None = SHIP_TIMEOUT_S,
+) -> TrainResult:
+    """Continue a run whose process ended (crash, Ctrl-C, SIGTERM, SIGKILL, OOM) in the same MLflow run.
+
+    Every epoch gets exactly one row: epochs already logged before the process died are retrained to rebuild
+    the state but keep their logged rows. Refuses (ConfigError) a live run, a FINISHED run without `force`,
+    a run that is not an ncflow training run, and a missing or unreadable resume state.
+    """
+    client = mlflow_run.client_for_uri(tracking_uri or None)
+    mlflow_run.require_run(client, run_id, "resume")
+    run = client.get_run(run_id)
+    kind = run.data.tags.get(schema.TAG_KIND)
+    if kind != schema.KIND_TRAIN:
+        raise ConfigError(f"resume: run {run_id} is not an ncflow training run (tag {schema.TAG_KIND} is {kind!r})")
+    if run.info.status == "FINISHED" and not force:
+        raise ConfigError(f"resume: run {run_id} is FINISHED; --force continues it anyway")
+    root = record_root(record_dir)
+    refuse_live_run(run, RunRecord(root / run_id))
+    config = mlflow_run.config_of_run(client, run_id)
+    record, state, recorded = resume_state(client, run_id, root, config)
+    setup = loop.prepare(config.replace(init_from="none", rescale_alpha=1.0), run.data.metrics.get(schema.FN_REF))
+    setup.config = config
+    loop.restore(setup, state, recorded)
+    record.claim({"tracking_uri": client.tracking_uri})
+    record.status("RUNNING")
+    record.tags({schema.TAG_STATUS: schema.STATUS_RUNNING, schema.TAG_FAIL_REASON: ""})
+    return run_recorded(setup, client, record, progress, ship_timeout_s, place_of(client, run_id))
