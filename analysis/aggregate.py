@@ -4,7 +4,7 @@
 first use and then kept: every paper family's per-condition estimates (`Family`: N, collapsed count, ε, and
 `Summary` cells of T_NC and fn* with their intervals), the architecture × dataset grid (ANOVA, conditional
 effects), the width trend (log-log fit, Pearson r), the intervention t-tests, the threshold-robustness ratios,
-Table 5's pooled fn*, the early-warning lead times, and the beyond-the-paper studies (`analysis.beyond`).
+Table 5's pooled fn*, the early-warning lead times, and the studies beyond the paper (`analysis.extra_studies`).
 `analysis.tables` and `analysis.figures` read these and never call `analysis.stats` themselves.
 
 Conventions: N counts the used runs of a condition; T_NC, fn* and their intervals aggregate its collapsed runs
@@ -21,8 +21,8 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from analysis import stats
-from analysis.beyond import Beyond
 from analysis.early_warning import LeadTime, lead_time_estimates
+from analysis.extra_studies import ExtraStudies
 from analysis.selection import (
     Histories,
     Selection,
@@ -327,6 +327,7 @@ class Estimates:
         return found
 
     @cached_property
-    def beyond(self) -> Beyond:
-        """The beyond-the-paper studies (layer-wise, imbalance, ETF head, test-set collapse; `analysis.beyond`)."""
-        return Beyond(self)
+    def extra_studies(self) -> ExtraStudies:
+        """The studies beyond the paper (layer-wise, imbalance, ETF head, test-set collapse; `analysis.extra_studies`),
+        drawing on the families kept here."""
+        return ExtraStudies(self.runs, self.lookup, lambda param: self.family(param).selection)

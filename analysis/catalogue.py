@@ -1,7 +1,8 @@
 """Every table and figure the report can write, with what each needs, so a report lists what it could not build.
 
 A table or figure is built only when its runs exist (`analysis.tables.build_tables`, `analysis.figures.make_figures`,
-and beyond the paper `analysis.beyond_tables.beyond_tables`, `analysis.beyond_figures.make_beyond_figures`);
+and beyond the paper `analysis.extra_study_tables.build_extra_study_tables`,
+`analysis.extra_study_figures.make_extra_study_figures`);
 `missing` names, for each one not written, what it would have needed.
 """
 
@@ -34,7 +35,7 @@ TABLES = (
            "Phase-2 runs started from a Phase-1 checkpoint with α (`ncflow sweep intervention`)"),
     Output("lead_time", "Lead-time table (T_cross before T_NC)",
            "collapsed runs with a T_cross (a reference fn*: `--fn-ref auto` or a number)"),
-    # Beyond the paper (`analysis.beyond_tables`)
+    # Beyond the paper (`analysis.extra_study_tables`)
     Output("table_layerwise", "Layer-wise collapse (T_NC, NC1, NC2 per hidden layer)",
            "runs with `--layerwise` (`ncflow sweep layerwise`)"),
     Output("table_imbalance", "Class imbalance (collapse and minority collapse per ρ)",
@@ -55,7 +56,7 @@ FIGURES = (
     Output("fig8_width", "Figure 8 (width)", "runs differing only in width (`ncflow sweep width`)"),
     Output("fig9_protocol", "Figure 9 (protocol)", "two-phase and CE-only runs of one condition (`ncflow sweep protocol`)"),
     Output("fig_intervention", "Intervention trajectories", "the intervention sweep's runs (`ncflow sweep intervention`)"),
-    # Beyond the paper (`analysis.beyond_figures`)
+    # Beyond the paper (`analysis.extra_study_figures`)
     Output("fig_layerwise", "Layer-wise NC1 over the epochs",
            "runs with `--layerwise` and their `layers.csv` (`ncflow sweep layerwise`)"),
     Output("fig_imbalance", "Collapse against class imbalance ρ",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis import paper, stats
+from analysis import paper_values, stats
 from analysis.aggregate import Estimates
 from analysis.render import Table, arch_label
 from analysis.selection import column, is_intervention, select
@@ -52,7 +52,7 @@ def pair_fn_stars(runs: pd.DataFrame) -> dict[tuple[str, str], stats.Summary]:
 def claim_pair_concentration(estimates: Estimates) -> Claim:
     claim = "fn* concentrates within a (model, data) pair"
     test = f"CV of fn* < 8 % in every (model, data) pair with ≥ {MIN_SEEDS} collapsed ReLU runs, pooled over its conditions"
-    published = ", ".join(f"{arch}/{data} {cell.cv:.1%}" for (arch, data), cell in paper.TABLE6.items())
+    published = ", ".join(f"{arch}/{data} {cell.cv:.1%}" for (arch, data), cell in paper_values.TABLE6.items())
     cells = [(pair, summary) for pair, summary in pair_fn_stars(estimates.runs).items() if summary.n >= MIN_SEEDS]
     if not cells:
         return Claim(claim, test, published, "no pair has enough collapsed runs", TOO_FEW)
@@ -62,7 +62,7 @@ def claim_pair_concentration(estimates: Estimates) -> Claim:
 
 def claim_weight_decay_frozen(estimates: Estimates) -> Claim:
     claim, test = "λ = 5e-4 never collapses", "no run of the weight-decay family at λ = 5e-4 reaches NC1 < ε"
-    published = f"0/3 collapsed, NC1 stalls ≈ {paper.TABLE4_DNF_NC1}"
+    published = f"0/3 collapsed, NC1 stalls ≈ {paper_values.TABLE4_DNF_NC1}"
     numbers = estimates.family("weight_decay").numbers
     row = numbers[np.isclose(numbers["weight_decay"].astype(float), 5e-4)] if len(numbers) else numbers
     if row.empty:
@@ -85,7 +85,7 @@ def _t_nc_steps(estimates: Estimates, param: str, joiner: str) -> tuple[str, np.
 
 def claim_width_monotone(estimates: Estimates) -> Claim:
     claim, test = "width shortens T_NC monotonically", "mean T_NC strictly decreases with width (≥ 3 widths)"
-    published = " → ".join(f"{w}: {c.t_nc[0]:.0f}" for w, c in paper.TABLE7.items())
+    published = " → ".join(f"{w}: {c.t_nc[0]:.0f}" for w, c in paper_values.TABLE7.items())
     found = _t_nc_steps(estimates, "width", " → ")
     if found is None:
         return Claim(claim, test, published, "fewer than 3 widths with a collapse", TOO_FEW)
@@ -94,7 +94,7 @@ def claim_width_monotone(estimates: Estimates) -> Claim:
 
 def claim_depth_non_monotone(estimates: Estimates) -> Claim:
     claim, test = "depth's effect on T_NC is non-monotonic", "mean T_NC neither rises nor falls monotonically with depth (≥ 3 depths)"
-    published = ", ".join(f"{d}: {c.t_nc[0]:.0f}" for d, c in paper.TABLE2.items())
+    published = ", ".join(f"{d}: {c.t_nc[0]:.0f}" for d, c in paper_values.TABLE2.items())
     found = _t_nc_steps(estimates, "depth", ", ")
     if found is None:
         return Claim(claim, test, published, "fewer than 3 depths with a collapse", TOO_FEW)
@@ -105,7 +105,7 @@ def claim_depth_non_monotone(estimates: Estimates) -> Claim:
 def claim_intervention_same_fn_star(estimates: Estimates) -> Claim:
     claim = "the intervention's three α reach the same fn*"
     test = "Welch t-test of fn* at α = 0.3 and α = 3 against α = 1: p > 0.2 for both"
-    published = ", ".join(f"α={a:g}: {row.fn_star[0]:.3f}" for a, row in paper.TABLE8.items())
+    published = ", ".join(f"α={a:g}: {row.fn_star[0]:.3f}" for a, row in paper_values.TABLE8.items())
     family = estimates.family("rescale_alpha")
     used = family.used[column(family.used, schema.T_NC).notna()] if not family.empty else family.used
     groups = {a: column(used[used["rescale_alpha"] == a], schema.FN_STAR).to_numpy() for a in (1.0, 0.3, 3.0)}
@@ -119,8 +119,8 @@ def claim_intervention_same_fn_star(estimates: Estimates) -> Claim:
 
 def claim_ce_only(estimates: Estimates) -> Claim:
     claim = "cross-entropy alone does not collapse in 600 epochs"
-    test = f"every CE-only run's minimum NC1 ≥ {paper.CE_ONLY['nc1_min']}"
-    published = f"min NC1 {paper.CE_ONLY['nc1_min']}, final {paper.CE_ONLY['nc1_final']}"
+    test = f"every CE-only run's minimum NC1 ≥ {paper_values.CE_ONLY['nc1_min']}"
+    published = f"min NC1 {paper_values.CE_ONLY['nc1_min']}, final {paper_values.CE_ONLY['nc1_final']}"
     family = estimates.family("protocol")
     runs = family.used[column(family.used, "protocol") == "ce-only"] if not family.empty else family.used
     minima = [float(h[schema.NC1].min()) for run_id in runs.get("run_id", [])
@@ -128,13 +128,13 @@ def claim_ce_only(estimates: Estimates) -> Claim:
     if not minima:
         return Claim(claim, test, published, "no CE-only run with a history", TOO_FEW)
     ours = f"min NC1 {min(minima):.3f} over {len(minima)} run(s)"
-    return Claim(claim, test, published, ours, HOLDS if min(minima) >= paper.CE_ONLY["nc1_min"] else FAILS)
+    return Claim(claim, test, published, ours, HOLDS if min(minima) >= paper_values.CE_ONLY["nc1_min"] else FAILS)
 
 
 def claim_early_warning(estimates: Estimates) -> Claim:
     claim = "fn crosses fn* before collapse; T_cross + 62 predicts T_NC"
     test = "T_cross < T_NC in every collapsed width-sweep run (fn* the width's mean); MAE of T_cross + 62"
-    lead = paper.LEAD_TIME
+    lead = paper_values.LEAD_TIME
     published = f"{lead['n']}/{lead['n']} precede, lead {lead['mean']} ± {lead['std']}, MAE {lead['mae']}"
     found = estimates.lead_time
     frame = found.frame.dropna(subset=["T_cross"]) if found is not None else pd.DataFrame()

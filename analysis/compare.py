@@ -12,7 +12,7 @@ from typing import Callable, Iterable
 import numpy as np
 import pandas as pd
 
-from analysis import claims, paper
+from analysis import claims, paper_values
 from analysis.aggregate import Estimates
 from analysis.render import LABELS, Table, fmt_value
 from analysis.stats import Summary
@@ -49,7 +49,7 @@ def _match(values: Iterable[object], wanted: object) -> int | None:
 
 def sweep_comparison(estimates: Estimates, stem: str) -> Table:
     """Tables 2, 3, 4 and 7: T_NC and fn* per swept value, paper | ncflow | difference."""
-    param, published = paper.SWEEP_TABLES[stem]
+    param, published = paper_values.SWEEP_TABLES[stem]
     summary = estimates.family(param).summary
     rows = []
     for value, condition in published.items():
@@ -64,7 +64,7 @@ def sweep_comparison(estimates: Estimates, stem: str) -> Table:
             "fn* paper": _pm(condition.fn_star, 3), "fn* ncflow": _ours(fn_star, 3),
             "fn* Δ": _difference(condition.fn_star, fn_star, 3),
         })
-    title = f"{paper.WHERE[stem]} beside ncflow: mean ± std over seeds (n = collapsed runs)."
+    title = f"{paper_values.WHERE[stem]} beside ncflow: mean ± std over seeds (n = collapsed runs)."
     return Table(title, pd.DataFrame(rows), [], pd.DataFrame(rows))
 
 
@@ -72,7 +72,7 @@ def grid_comparison(estimates: Estimates) -> Table:
     """Table 6: fn* by (model, data set) pair."""
     grid = estimates.grid
     rows = []
-    for (arch, dataset), cell in paper.TABLE6.items():
+    for (arch, dataset), cell in paper_values.TABLE6.items():
         ours = None
         if grid is not None:
             match = grid.summary[grid.summary["dataset"].astype(str).str.startswith(dataset)
@@ -81,7 +81,7 @@ def grid_comparison(estimates: Estimates) -> Table:
         rows.append({"Pair": f"{arch} / {dataset}", "fn* paper": _pm(cell.fn_star, 3), "fn* ncflow": _ours(ours, 3),
                      "fn* Δ": _difference(cell.fn_star, ours, 3), "CV paper": f"{cell.cv:.1%}",
                      "CV ncflow": "—" if ours is None or not ours.n or math.isnan(ours.cv) else f"{ours.cv:.1%}"})
-    notes = [f"Paper: ANOVA F = {paper.TABLE6_ANOVA_F}; ncflow: "
+    notes = [f"Paper: ANOVA F = {paper_values.TABLE6_ANOVA_F}; ncflow: "
              + ("—" if grid is None else f"F = {grid.anova.f:.2f} over {grid.n_cells} pair(s)") + "."]
     return Table("Table 6 beside ncflow: fn* by (model, data set) pair.", pd.DataFrame(rows), notes, pd.DataFrame(rows))
 
@@ -90,7 +90,7 @@ def intervention_comparison(estimates: Estimates) -> Table:
     """Table 8: T_NC and fn* per α."""
     summary = estimates.family("rescale_alpha").summary
     rows = []
-    for alpha, row in paper.TABLE8.items():
+    for alpha, row in paper_values.TABLE8.items():
         index = _match(summary["rescale_alpha"], alpha) if len(summary) else None
         ours = summary.iloc[index] if index is not None else None
         t_nc, fn_star = (ours["T_NC"], ours["fn_star"]) if ours is not None else (None, None)
@@ -103,7 +103,7 @@ def intervention_comparison(estimates: Estimates) -> Table:
 
 BUILDERS: dict[str, Callable[[Estimates], Table]] = {
     "paper_claims": claims.claims_table,
-    **{f"paper_{stem}": (lambda e, stem=stem: sweep_comparison(e, stem)) for stem in paper.SWEEP_TABLES},
+    **{f"paper_{stem}": (lambda e, stem=stem: sweep_comparison(e, stem)) for stem in paper_values.SWEEP_TABLES},
     "paper_table6_grid": grid_comparison,
     "paper_table8_intervention": intervention_comparison,
 }

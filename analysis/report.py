@@ -2,9 +2,9 @@
 
 `build_report` writes `tables/`, `figures/` and `report.md` (linking both) under the output directory — the
 paper's tables and figures (`analysis.tables`, `analysis.figures`), then the beyond-the-paper ones
-(`analysis.beyond_tables`, `analysis.beyond_figures`: layer-wise, imbalance, ETF head, test-set collapse) — and a
-manifest (`MANIFEST`: a digest of its inputs and the files it wrote); a repeated report over an unchanged
-store finds the manifest matching and the files in place, and rewrites nothing (`force` rebuilds).
+(`analysis.extra_study_tables`, `analysis.extra_study_figures`: layer-wise, imbalance, ETF head, test-set
+collapse) — and a manifest (`MANIFEST`: a digest of its inputs and the files it wrote); a repeated report over an
+unchanged store finds the manifest matching and the files in place, and rewrites nothing (`force` rebuilds).
 `log_report` records the output directory as the artifacts of an MLflow run `analysis-…` (kind
 `schema.KIND_ANALYSIS`) in the experiment read (`schema.DEFAULT_EXPERIMENT` when every one was), or of the run `mlflow run` made for this process.
 Never imports torch; tables and figures (scipy, matplotlib) are imported only when something is written.
@@ -103,10 +103,10 @@ def read_estimates(source: Source) -> "Estimates":
 def write_tables(estimates: "Estimates", out_dir: Path, formats: Sequence[str]) -> Written:
     """Every table (the paper's, then the beyond-the-paper ones) in every format under out_dir: stem → (Table,
     paths)."""
-    from analysis.beyond_tables import beyond_tables
+    from analysis.extra_study_tables import build_extra_study_tables
     from analysis.tables import build_tables
 
-    built = {**build_tables(estimates), **beyond_tables(estimates)}
+    built = {**build_tables(estimates), **build_extra_study_tables(estimates)}
     return {stem: (table, table.write(out_dir, stem, formats)) for stem, table in built.items()}
 
 
@@ -115,11 +115,11 @@ def write_figures(estimates: "Estimates", out_dir: Path, formats: Sequence[str])
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display (a laptop over SSH, CI)
-    from analysis.beyond_figures import build_beyond_figures
+    from analysis.extra_study_figures import build_extra_study_figures
     from analysis.figures import build_figures
 
     formats = tuple(formats)
-    return build_figures(estimates, out_dir, formats=formats) + build_beyond_figures(estimates, out_dir, formats)
+    return build_figures(estimates, out_dir, formats=formats) + build_extra_study_figures(estimates, out_dir, formats)
 
 
 def _link(path: Path, base: Path) -> str:
@@ -144,7 +144,8 @@ def report_markdown(source: Source, runs: pd.DataFrame, tables: Written, figures
     ]
     if compared:
         lines += ["## Beside the paper", "",
-                  "The paper's published values (`analysis/paper.py`) next to these runs; Δ = ncflow − paper.", ""]
+                  "The paper's published values (`analysis/paper_values.py`) next to these runs; "
+                  "Δ = ncflow − paper.", ""]
         lines += _table_sections(compared, out_dir)
     lines += ["## Tables", ""]
     if not tables:

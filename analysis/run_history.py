@@ -1,8 +1,8 @@
 """One run's per-epoch history: read from MLflow, cached on local disk, and many of them as one long frame.
 
-A run's history is read from its `contract.HISTORY_FILE` artifact (one download instead of one request per
+A run's history is read from its `schema.HISTORY_FILE` artifact (one download instead of one request per
 metric), else from `MlflowClient.get_metric_history` (runs without the artifact). Summary metrics (logged at
-step 0 under `contract.SUMMARY_PREFIXES`) are not history. An ended run's history never changes, so it is
+step 0 under `schema.SUMMARY_PREFIXES`) are not history. An ended run's history never changes, so it is
 cached under a directory keyed by (run id, end time). `analysis.store.load_histories` puts these together.
 """
 
@@ -115,7 +115,7 @@ def quiet_artifact_downloads() -> Iterator[None]:
 
 def download_history_csv(artifact_uri: str, tracking_uri: str, name: str = HISTORY_FILE) -> History | None:
     """The run's history artifact (or another per-epoch CSV artifact `name` with an `epoch` column, such as
-    `contract.LAYERS_FILE`), or None when the run has no such artifact (or it has no `epoch` column)."""
+    `schema.LAYERS_FILE`), or None when the run has no such artifact (or it has no `epoch` column)."""
     with tempfile.TemporaryDirectory() as directory:
         try:
             path = mlflow.artifacts.download_artifacts(

@@ -23,33 +23,22 @@ import numpy as np
 import pandas as pd
 
 from analysis.render import arch_label, count
-from ncshared import schema
+from ncshared import run_config, schema
 
-# Params that define what was trained: every param but the seed, the bookkeeping and the early-warning settings
-# (`schema.NON_CONDITION_PARAMS`), and `init_from` (an intervention run is told apart by `is_intervention`).
-DESIGN_PARAMS = (
-    "dataset", "arch", "depth", "width", "activation", "optimizer", "lr", "momentum", "nesterov", "weight_decay",
-    "schedule", "milestones", "lr_gamma", "batch_size", "phase1_epochs", "phase2_epochs", "protocol",
-    "nc1_threshold", "rescale_alpha", "synthetic_classes", "synthetic_shape", "synthetic_per_class", "classifier",
-    "imbalance_ratio", "imbalance_profile",
-)
+# Params that define what was trained (marked DESIGN): every param but the seed, the bookkeeping and the
+# early-warning settings (`schema.NON_CONDITION_PARAMS`), and `init_from` (an intervention run is told apart by
+# `is_intervention`).
+DESIGN_PARAMS = run_config.params_marked(run_config.DESIGN)
 USED = (schema.STATUS_COLLAPSED, schema.STATUS_NOT_COLLAPSED)
 UNFINISHED = (schema.STATUS_FAILED, schema.STATUS_RUNNING)
 DIVERGENCE_RULE = "NC1 > 0.5 after epoch 300, or a non-finite loss"
 EPOCH = schema.HISTORY_EPOCH
 
-# Sweep names (the sweep tag) that identify each paper family, keyed by the param the family varies.
+# Sweep names (the sweep tag) that identify each family, keyed by the param the family varies (`"grid"` for the
+# arch × dataset grid): `schema.SWEEP_FAMILIES`, the table the sweeps write by.
 SWEEP_NAMES: dict[str, tuple[str, ...]] = {
-    "depth": ("depth",),
-    "activation": ("activation",),
-    "weight_decay": ("weight_decay", "weight-decay", "wd", "lambda"),
-    "width": ("width",),
-    "grid": ("grid", "arch-dataset", "architecture"),
-    "rescale_alpha": ("intervention", "alpha", "rescale"),
-    "protocol": ("protocol", "ce-only"),
-    # Beyond the paper (`analysis.beyond`): the imbalance and ETF-head families.
-    "imbalance_ratio": ("imbalance",),
-    "classifier": ("etf", "classifier"),
+    family: tuple(name for name, of in schema.SWEEP_FAMILIES.items() if of == family)
+    for family in dict.fromkeys(schema.SWEEP_FAMILIES.values())
 }
 
 Histories = pd.DataFrame | Mapping[str, pd.DataFrame]  # the long frame, or `histories_by_run` of it

@@ -58,6 +58,7 @@ TAG_COLUMNS = {  # runs-frame column → the tag it holds
     "parent_run_id": schema.TAG_PARENT_RUN, "kind": schema.TAG_KIND,
 }
 HISTORY_ARTIFACT = schema.HISTORY_FILE
+RunRow = tuple[dict[str, Any], dict[str, Any], dict[str, float]]  # one run's (fixed columns, parsed params, metrics)
 SUMMARY_PREFIXES = schema.SUMMARY_PREFIXES
 ANY_KIND = "any"  # `load_runs(kind=ANY_KIND)`: runs of every kind
 MLFLOW_STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
@@ -205,9 +206,9 @@ def search_all_runs(client: MlflowClient, experiment_ids: list[str], filter_stri
             return runs
 
 
-def run_record(run: Run, experiments: Mapping[str, str] | None = None,
-               ) -> tuple[dict[str, Any], dict[str, Any], dict[str, float]]:
-    """(fixed columns, parsed params, metrics) of one run; `experiments` maps experiment ids to names."""
+def run_row(run: Run, experiments: Mapping[str, str] | None = None) -> RunRow:
+    """One run's row of the runs frame, unassembled: (fixed columns, parsed params, metrics); `experiments` maps
+    experiment ids to names."""
     info, tags = run.info, run.data.tags
     fixed = {
         "run_id": info.run_id, "run_name": info.run_name or tags.get(schema.TAG_RUN_NAME),
@@ -220,21 +221,22 @@ def run_record(run: Run, experiments: Mapping[str, str] | None = None,
     return fixed, params, dict(run.data.metrics)
 
 
-def runs_frame(records: list[tuple[dict[str, Any], dict[str, Any], dict[str, float]]]) -> pd.DataFrame:
-    """Assemble run records into the documented frame (fixed columns, params, metrics; sorted by start time)."""
-    param_names = sorted({name for _, params, _ in records for name in params} - set(FIXED_COLUMNS))
-    metric_keys = sorted({key for _, _, metrics in records for key in metrics})
+def runs_frame(rows: list[RunRow]) -> pd.DataFrame:
+    """Assemble run rows (`run_row`) into the documented frame (fixed columns, params, metrics; sorted by start
+    time)."""
+    param_names = sorted({name for _, params, _ in rows for name in params} - set(FIXED_COLUMNS))
+    metric_keys = sorted({key for _, _, metrics in rows for key in metrics})
     taken = set(FIXED_COLUMNS) | set(param_names)
     columns: dict[str, pd.Series] = {
-        name: pd.Series([fixed[name] for fixed, _, _ in records]) for name in FIXED_COLUMNS
+        name: pd.Series([fixed[name] for fixed, _, _ in rows]) for name in FIXED_COLUMNS
     }
     for name in ("start_time", "end_time"):
-        columns[name] = pd.Series([fixed[name] for fixed, _, _ in records], dtype="Int64")
+        columns[name] = pd.Series([fixed[name] for fixed, _, _ in rows], dtype="Int64")
     for name in param_names:
-        columns[name] = param_column([params.get(name) for _, params, _ in records])
+        columns[name] = param_column([params.get(name) for _, params, _ in rows])
     for key in metric_keys:
         column = f"metrics.{key}" if key in taken else key
-        columns[column] = pd.Series([metrics.get(key, math.nan) for _, _, metrics in records], dtype=float)
+        columns[column] = pd.Series([metrics.get(key, math.nan) for _, _, metrics in rows], dtype=float)
     frame = pd.DataFrame(columns)
     for name, default in schema.ADDED_PARAM_DEFAULTS.items():  # a run from before the param trained with this
         if name in frame.columns:
@@ -301,7 +303,7 @@ def load_runs(
     runs = [run for run in found if _kind_matches(run, kind)]
     if not runs:
         return pd.DataFrame({name: pd.Series(dtype=object) for name in FIXED_COLUMNS})
-    frame = _keep_params(runs_frame([run_record(run, experiments) for run in runs]), params)
+    frame = _keep_params(runs_frame([run_row(run, experiments) for run in runs]), params)
     return frame.reset_index(drop=True)
 
 

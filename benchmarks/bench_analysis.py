@@ -3,7 +3,7 @@
     python benchmarks/bench_analysis.py [--runs 100] [--epochs 800] [--repeats 3]
 
 Starts `mlflow server` on 127.0.0.1 (free port, SQLite backend, proxied artifacts in a temp dir), populates it
-as training does (the names of analysis/contract.py: params, tags, 15 per-epoch metrics, summary metrics, the
+as training does (the names of ncshared/schema.py: params, tags, 15 per-epoch metrics, summary metrics, the
 history artifact) with the depth, width, weight-decay, activation, grid and protocol sweeps of the paper (5 seeds
 each, plausible NC1/fn trajectories), then times the whole `report` command (search, histories, every table and
 figure, report.md), `--repeats` times each, and prints median and range of:

@@ -1,7 +1,7 @@
 """Late-training epochs on the CPU with and without flushing denormals (`torch.set_flush_denormal`).
 
 Why: with weight decay, many weights and gradients of a long run drift into float32's denormal range (< 1.2e-38),
-where x86 arithmetic takes a slow path. ncflow's training loop flushes them to zero (`ncflow/engine.py`, `prepare`).
+where x86 arithmetic takes a slow path. ncflow's training loop flushes them to zero (`ncflow/engine/loop.py`, `prepare`).
 
 What: train the default condition (MLP-7 on `digits`, Adam 1e-3, λ = 2e-4, cosine over 600 epochs) for
 `--warmup` epochs WITHOUT flushing, so the state is what an unflushed run reaches, and save it. Then time
@@ -29,8 +29,9 @@ import torch
 from ncflow.collapse.detector import CollapseDetector
 from ncflow.engine.config import build_config
 from ncflow.engine.data import load_dataset
-from ncflow.engine.loop import Setup, make_optimizer, make_scheduler, measure_epoch, train_one_epoch
+from ncflow.engine.loop import measure_epoch, train_one_epoch
 from ncflow.engine.models import build_model
+from ncflow.engine.run_setup import Setup, make_optimizer, make_scheduler
 
 
 def make_setup(threads: int) -> Setup:

@@ -3,7 +3,7 @@
 For each workload the same training state runs blocks of epochs under three sinks, interleaved
 (off, record, shipped, off, record, shipped, …) so that drift in the machine's load and in the run's own
 epoch time (late epochs differ from early ones) falls on every arm alike:
-- `off`: `loop.NullSink` — the engine alone;
+- `off`: `run_setup.NullSink` — the engine alone;
 - `record`: `RecordSink` — every row journaled and flushed, the resume state saved every epoch by the
   background writer (temp file + os.replace), `last.pt` every `checkpoint_every` epochs;
 - `shipped`: the same plus the background shipper sending the journal to a temporary sqlite MLflow store.
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ncflow.engine import loop
+from ncflow.engine import loop, run_setup
 from ncflow.engine.config import build_config
 from ncflow.record.local_record import RunRecord
 from ncflow.record.sink import RecordSink
@@ -35,12 +35,12 @@ WORKLOADS = {
 }
 
 
-def epoch_times(setup: loop.Setup, sink, epochs: range) -> list[float]:
+def epoch_times(setup: run_setup.Setup, sink, epochs: range) -> list[float]:
     times = []
     for epoch in epochs:
         started = time.perf_counter()
         row = loop.epoch_row(setup, epoch)
-        loop.update_detector(setup, row)
+        run_setup.update_detector(setup, row)
         setup.history.append(row)
         sink.epoch(epoch, {k: row[k] for k in row if k != "epoch"})
         sink.state(loop.checkpoint_state(setup, epoch))
@@ -51,7 +51,7 @@ def epoch_times(setup: loop.Setup, sink, epochs: range) -> list[float]:
 def measure(overrides: dict[str, str], epochs_per_block: int, blocks: int, root: Path) -> dict[str, list[float]]:
     total = 3 * epochs_per_block * blocks
     config = build_config(None, {**overrides, "phase1_epochs": str(total // 2), "phase2_epochs": str(total - total // 2)})
-    setup = loop.prepare(config)
+    setup = run_setup.prepare(config)
     from mlflow.tracking import MlflowClient
 
     from ncflow.record.shipper import Shipper
@@ -62,7 +62,7 @@ def measure(overrides: dict[str, str], epochs_per_block: int, blocks: int, root:
     shipped_record = RunRecord.create(root / "records", run_id, {})
     shipped = RecordSink(shipped_record, config.checkpoint_every)
     shipper = Shipper(client, shipped_record).start()
-    arms = {"off": loop.NullSink(), "record": record, "shipped": shipped}
+    arms = {"off": run_setup.NullSink(), "record": record, "shipped": shipped}
     times: dict[str, list[float]] = {name: [] for name in arms}
     epoch = 1
     loop.epoch_row(setup, 0)  # warm-up epoch (allocations, thread pools), not timed

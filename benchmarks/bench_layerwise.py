@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from ncflow.engine import loop
+from ncflow.engine import loop, run_setup
 from ncflow.engine.config import build_config
 
 
@@ -34,8 +34,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
     settings = {"dataset": args.dataset, "depth": args.depth}
-    plain = loop.prepare(build_config("paper-mnist-mlp", settings), None)
-    layered = loop.prepare(build_config("paper-mnist-mlp", {**settings, "layerwise": "true"}), None)
+    plain = run_setup.prepare(build_config("paper-mnist-mlp", settings), None)
+    layered = run_setup.prepare(build_config("paper-mnist-mlp", {**settings, "layerwise": "true"}), None)
     layered.model.load_state_dict(plain.model.state_dict())
     for setup in (plain, layered):  # warm-up
         loop.measure_epoch(setup)

@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from ncflow.engine import loop, pack
+from ncflow.engine import loop, pack, run_setup
 from ncflow.engine.config import build_config
 
 
@@ -43,7 +43,7 @@ def member_config(args: argparse.Namespace, seed: int):
 
 def timed_pack(args: argparse.Namespace, size: int) -> float:
     """Seconds for `--epochs` epochs of a pack of `size` (after a warm-up epoch)."""
-    members = [loop.prepare(member_config(args, seed)) for seed in range(size)]
+    members = [run_setup.prepare(member_config(args, seed)) for seed in range(size)]
     pack.share_data(members)
 
     def epoch(number: int) -> None:
@@ -80,7 +80,7 @@ def timed_processes(args: argparse.Namespace, size: int) -> float:
 
 def single(args: argparse.Namespace) -> None:
     """One member alone (a child of `timed_processes`): print the wall-clock span of its timed epochs."""
-    setup = loop.prepare(member_config(args, args.seed))
+    setup = run_setup.prepare(member_config(args, args.seed))
     loop.epoch_row(setup, 1)
     synchronize(setup.device)
     start = time.time()
@@ -103,7 +103,7 @@ def matmul_flops_per_s(device: torch.device) -> float:
 
 
 def floor(args: argparse.Namespace) -> None:
-    setup = loop.prepare(member_config(args, 0))
+    setup = run_setup.prepare(member_config(args, 0))
     samples = len(setup.data.train_y)
     layers = setup.model.linear_layers()
     flop = 6 * samples * sum(layer.in_features * layer.out_features for layer in layers)
@@ -142,7 +142,7 @@ def main() -> None:
         return single(args)
     if args.floor:
         return floor(args)
-    device = loop.resolve_device(args.device)
+    device = run_setup.resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
     print(f"{device} ({name}), {os.cpu_count()} cores, torch {torch.__version__}; MLP-{args.depth}, "
           f"{args.samples} × 784, {args.epochs} timed epochs")

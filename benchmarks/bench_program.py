@@ -20,7 +20,7 @@ from collections import defaultdict
 
 import torch
 
-from ncflow.engine import loop, pack
+from ncflow.engine import loop, pack, run_setup
 from ncflow.sweeps.reproduce import PROGRAM_SWEEPS, plan_points, program
 
 
@@ -34,7 +34,7 @@ def program_configs(args: argparse.Namespace) -> list:
 
 def pack_epoch_seconds(configs: list, epochs: int) -> float:
     """Seconds per epoch of these configs trained as one pack (median-free: the mean of `epochs` after a warm-up)."""
-    members = [loop.prepare(config.replace(init_from="none", rescale_alpha=1.0, phase1_epochs=epochs + 1,
+    members = [run_setup.prepare(config.replace(init_from="none", rescale_alpha=1.0, phase1_epochs=epochs + 1,
                                              phase2_epochs=0)) for config in configs]
     pack.share_data(members)
 
@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    device = loop.resolve_device(args.device)
+    device = run_setup.resolve_device(args.device)
     size = pack.auto_pack_size(device) if args.pack == "auto" else int(args.pack)
     configs = program_configs(args)
     groups: dict[tuple, list] = defaultdict(list)

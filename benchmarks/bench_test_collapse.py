@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from ncflow.collapse.metrics import collapse_metrics
-from ncflow.engine import loop
+from ncflow.engine import loop, run_setup
 from ncflow.engine.config import build_config
 from ncflow.engine.models import predict_in_chunks
 
@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="mnist-5k")
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
-    setup = loop.prepare(build_config(args.preset, {"dataset": args.dataset}), None)
+    setup = run_setup.prepare(build_config(args.preset, {"dataset": args.dataset}), None)
     head, data = setup.model.head, setup.data
     _, train_features = predict_in_chunks(setup.model, data.train_x)
     _, test_features = predict_in_chunks(setup.model, data.test_x)

@@ -1,7 +1,7 @@
 """One run's dynamics figure (the paper's Figure 1), and the axes helpers every figure module builds on.
 
 A leaf: it imports matplotlib, numpy, pandas and `ncshared.schema` only (no scipy, no other analysis module),
-because training imports it to log each run's `contract.DYNAMICS_FIGURE`. Figures are drawn on
+because training imports it to log each run's `schema.DYNAMICS_FIGURE`. Figures are drawn on
 `matplotlib.figure.Figure` objects directly (Agg canvas, no pyplot state), so it works headless and leaks no
 open figures.
 """

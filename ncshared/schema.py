@@ -1,10 +1,11 @@
 """Every name ncflow writes to MLflow, and the two rules that derive names from a configuration.
 
-This is the contract between training (the writer, `ncflow/tracking.py`) and the analysis (the reader,
+This is the contract between training (the writer, `ncflow/tracked/mlflow_run.py`) and the analysis (the reader,
 `analysis/store.py`); the test fixtures write through it too, and `tests/test_contract.py` checks that
 `docs/tracking.md` lists exactly these names. Names only: no torch, no scipy, no MLflow, so both halves
-and any tool can import it cheaply. Params are every `ncflow.engine.config.RunConfig` field under its own name,
-as the canonical string `RunConfig.as_params` writes (`0.0002`, `true`, `300,450`, `none`).
+and any tool can import it cheaply. Params are every `ncshared.run_config.RunConfig` field under its own name,
+as the canonical string `RunConfig.as_params` writes (`0.0002`, `true`, `300,450`, `none`); the param lists below
+are derived from the fields' marks there.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 from typing import Mapping
+
+from ncshared import run_config
 
 # ------------------------------------------------------------------------------------------------ tags
 
@@ -174,17 +177,13 @@ def checkpoint_path(name: str) -> str:
 # ------------------------------------------------------------------------------------------------ params
 
 # The params that do not change what is trained: left out of the condition hash.
-NON_CONDITION_PARAMS = (
-    "seed", "data_dir", "device", "checkpoint_every", "checkpoints", "experiment", "tracking_uri", "fn_ref", "lead",
-    "stop_after_collapse", "layerwise", "matmul_precision",
-)
-SYNTHETIC_PARAMS = ("synthetic_classes", "synthetic_shape", "synthetic_per_class")  # only for dataset synthetic
+NON_CONDITION_PARAMS = run_config.non_condition_params()
+SYNTHETIC_PARAMS = run_config.params_marked(run_config.SYNTHETIC)  # only for dataset synthetic
 # Params added after runs were already logged, with the value those older runs trained with (the reader fills it in).
-ADDED_PARAM_DEFAULTS = {"classifier": "learned", "checkpoints": "all", "layerwise": "false", "imbalance_ratio": "1.0",
-                        "imbalance_profile": "step", "matmul_precision": "highest"}
-IMBALANCE_PARAMS = ("imbalance_ratio", "imbalance_profile")  # enter a condition only when the ratio is not 1
-DEFAULT_LEAD = 62  # epochs from T_cross to the predicted T_NC (the paper's mean lead)
-DEFAULT_EXPERIMENT = "ncflow"
+ADDED_PARAM_DEFAULTS = run_config.added_param_defaults()
+IMBALANCE_PARAMS = run_config.params_marked(run_config.IMBALANCE)  # enter a condition only when the ratio is not 1
+DEFAULT_LEAD = run_config.DEFAULT_LEAD  # the `lead` param's default: the paper's mean lead
+DEFAULT_EXPERIMENT = run_config.DEFAULT_EXPERIMENT
 
 
 def condition_params(params: Mapping[str, str]) -> dict[str, str]:
@@ -241,3 +240,20 @@ def same_number(logged: str, wanted: float | int) -> bool:
         return float(logged) == float(wanted)
     except (TypeError, ValueError):
         return False
+
+
+# ------------------------------------------------------------------------------------------------ sweeps
+
+# The named sweeps (`ncflow sweep NAME`, `ncflow.sweeps.grids.NAMED_SWEEPS`): the TAG_SWEEP of their runs.
+DEPTH_SWEEP, ACTIVATION_SWEEP, WEIGHT_DECAY_SWEEP, WIDTH_SWEEP = "depth", "activation", "weight-decay", "width"
+GRID_SWEEP, INTERVENTION_SWEEP, PROTOCOL_SWEEP = "grid", "intervention", "protocol"
+ETF_SWEEP, LAYERWISE_SWEEP, IMBALANCE_SWEEP = "etf", "layerwise", "imbalance"  # beyond the paper
+GRID_FAMILY = "grid"  # what the grid sweep varies: arch and dataset together (by preset), not one param
+# Every sweep name → its family in the analysis (`analysis.selection.SWEEP_NAMES`): the param its runs vary
+# (GRID_FAMILY for the grid; for the layer-wise study, the param its runs turn on). A name is never dropped, so the
+# runs of an older ncflow keep reading as their family.
+SWEEP_FAMILIES: dict[str, str] = {
+    DEPTH_SWEEP: "depth", ACTIVATION_SWEEP: "activation", WEIGHT_DECAY_SWEEP: "weight_decay", WIDTH_SWEEP: "width",
+    GRID_SWEEP: GRID_FAMILY, INTERVENTION_SWEEP: "rescale_alpha", PROTOCOL_SWEEP: "protocol",
+    ETF_SWEEP: "classifier", LAYERWISE_SWEEP: "layerwise", IMBALANCE_SWEEP: "imbalance_ratio",
+}

@@ -224,8 +224,8 @@ def test_analysis_never_imports_torch():
 
 def test_a_param_added_later_reads_as_what_older_runs_trained_with(mlflow_store):
     eid = mlflow_store.experiment()
-    new = store.run_record(mlflow_store.client.get_run(_log(mlflow_store, eid, seed=1, params={"classifier": "etf"})))
-    fixed, params, metrics = store.run_record(mlflow_store.client.get_run(_log(mlflow_store, eid, seed=0)))
+    new = store.run_row(mlflow_store.client.get_run(_log(mlflow_store, eid, seed=1, params={"classifier": "etf"})))
+    fixed, params, metrics = store.run_row(mlflow_store.client.get_run(_log(mlflow_store, eid, seed=0)))
     older = ({**fixed, "run_id": "older"}, {k: v for k, v in params.items() if k not in c.ADDED_PARAM_DEFAULTS}, metrics)
     runs = store.runs_frame([older, new]).set_index("run_id")
     assert runs.loc["older", "classifier"] == "learned" and runs.loc["older", "checkpoints"] == "all"

@@ -2,16 +2,8 @@
 
 import pytest
 
-from ncflow.engine.config import (
-    PRESETS,
-    ConfigError,
-    RunConfig,
-    build_config,
-    condition_hash,
-    field_help,
-    parse_field,
-    run_name,
-)
+from ncflow.engine.config import PRESETS, ConfigError, build_config, condition_hash, parse_field, run_name
+from ncshared.run_config import RunConfig, field_help
 
 
 def test_defaults_then_preset_then_overrides():

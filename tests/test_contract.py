@@ -8,8 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ncflow.engine.config import RunConfig, build_config, condition_hash, run_name
+from ncflow.engine.config import build_config, condition_hash, run_name
 from ncshared import schema
+from ncshared.run_config import RunConfig
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "tracking.md"
 
@@ -45,7 +46,7 @@ def test_docs_list_every_contract_name():
 def test_docs_name_no_metric_or_tag_the_contract_lacks():
     documented = set(re.findall(r"`((?:ncflow\.|mlflow\.|nc/|NC/|train/|test/|time/|collapse/|intervention/|sweep/)[^`\s]*)`", DOCS.read_text()))
     unknown = sorted(documented - contract_names())
-    assert not unknown, f"docs/tracking.md names {unknown}, which analysis/schema.py does not define"
+    assert not unknown, f"docs/tracking.md names {unknown}, which ncshared/schema.py does not define"
 
 
 def test_docs_history_columns_in_contract_order():

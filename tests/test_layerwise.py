@@ -10,11 +10,11 @@ from mlflow.tracking import MlflowClient
 
 from ncflow.cli.main import main
 from ncflow.collapse.metrics import collapse_metrics, feature_collapse
-from ncflow.engine.config import RunConfig
 from ncflow.engine.data import load_dataset
 from ncflow.engine.models import MLP, ResNet20, build_model, predict_in_chunks, predict_layers_in_chunks
 from ncflow.engine.optional_metrics import layer_collapse, layer_collapse_epochs, layer_names
 from ncshared import schema
+from ncshared.run_config import RunConfig
 
 TINY = ["--depth", "2", "--width", "64", "--phase1-epochs", "3", "--phase2-epochs", "3"]
 

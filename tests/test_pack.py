@@ -6,7 +6,7 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from ncflow.cli.main import main
-from ncflow.engine import loop, pack
+from ncflow.engine import loop, pack, run_setup
 from ncflow.engine.config import ConfigError, build_config
 from ncflow.tracked import train as training
 from ncflow.tracked.pack_train import train_pack
@@ -23,9 +23,9 @@ def configs(**changes: str):
     return [build_config(None, {**SMALL, "seed": seed, "weight_decay": wd, "lr": lr, **changes}) for seed, wd, lr in MEMBERS]
 
 
-def standalone(config) -> loop.Setup:
-    setup = loop.prepare(config)
-    loop.run_epochs(setup, loop.NullSink(), progress=False)
+def standalone(config) -> run_setup.Setup:
+    setup = run_setup.prepare(config)
+    loop.run_epochs(setup, run_setup.NullSink(), progress=False)
     return setup
 
 
@@ -33,11 +33,11 @@ def standalone_history(config) -> list[dict[str, float]]:
     return standalone(config).history
 
 
-def packed(member_configs, batched: bool = True) -> list[loop.Setup]:
+def packed(member_configs, batched: bool = True) -> list[run_setup.Setup]:
     """Trained as a pack, through the batched pass (on the CPU too, where it is not the default)."""
-    members = [loop.prepare(config) for config in member_configs]
+    members = [run_setup.prepare(config) for config in member_configs]
     pack.share_data(members)
-    pack.run_pack(members, [loop.NullSink()] * len(members), progress=False, batched=batched)
+    pack.run_pack(members, [run_setup.NullSink()] * len(members), progress=False, batched=batched)
     return members
 
 
@@ -45,7 +45,7 @@ def packed_histories(member_configs, batched: bool = True) -> list[list[dict[str
     return [member.history for member in packed(member_configs, batched)]
 
 
-def assert_same_state(member: loop.Setup, alone: loop.Setup, rel: float) -> None:
+def assert_same_state(member: run_setup.Setup, alone: run_setup.Setup, rel: float) -> None:
     """Weights, BatchNorm buffers (num_batches_tracked too) and optimiser moments: the standalone run's."""
     ours, theirs = member.model.state_dict(), alone.model.state_dict()
     assert ours.keys() == theirs.keys()
@@ -92,7 +92,7 @@ def test_resnet20_members_equal_their_standalone_runs_in_float64(float64):
         assert len(member.history) == 3
         assert worst_relative_difference(member.history, alone.history) < 1e-9
         assert_same_state(member, alone, 1e-9)
-    assert not pack.batches_members([loop.prepare(member_configs[0])])  # on the CPU: one after another
+    assert not pack.batches_members([run_setup.prepare(member_configs[0])])  # on the CPU: one after another
 
 
 @pytest.mark.parametrize("arch", ["mlp", "resnet20"])
@@ -112,7 +112,7 @@ def test_members_equal_their_standalone_runs_in_float32(arch):
 
 
 def test_packed_logits_are_each_members_own():
-    members = [loop.prepare(config) for config in configs()]
+    members = [run_setup.prepare(config) for config in configs()]
     inputs = torch.stack([member.data.train_x[:5].flatten(1) for member in members])
     logits = pack.packed_mlp_logits([member.model for member in members], inputs)
     for member, member_logits in zip(members, logits):
@@ -193,9 +193,9 @@ def test_a_crashed_pack_leaves_every_member_resumable_alone(tmp_path, monkeypatc
 def test_matmul_precision_is_set_for_the_process_and_logged(cli_store: str):
     previous = torch.get_float32_matmul_precision()
     try:
-        loop.prepare(build_config(None, {**SMALL, "matmul_precision": "high"}))
+        run_setup.prepare(build_config(None, {**SMALL, "matmul_precision": "high"}))
         assert torch.get_float32_matmul_precision() == "high"
-        loop.prepare(build_config(None, SMALL))
+        run_setup.prepare(build_config(None, SMALL))
         assert torch.get_float32_matmul_precision() == "highest"  # the default: true float32
     finally:
         torch.set_float32_matmul_precision(previous)

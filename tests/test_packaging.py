@@ -7,7 +7,8 @@ from pathlib import Path
 import yaml
 
 from ncflow.cli import mlproject
-from ncflow.engine.config import PRESETS, RunConfig, build_config
+from ncflow.engine.config import PRESETS, build_config
+from ncshared.run_config import RunConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 

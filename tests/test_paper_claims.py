@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from analysis import claims, paper, store
+from analysis import claims, paper_values, store
 from analysis.aggregate import Estimates
 from analysis.cli import main as analysis_main
 from ncshared import schema as c
@@ -17,19 +17,20 @@ PHASE1, EPOCHS = 10, 40
 
 
 def test_published_values_are_the_papers_text():
-    assert paper.TABLE2[3].t_nc == (250, 28) and paper.TABLE2[7].fn_star == (1.112, 0.040)
-    assert paper.TABLE2[2].threshold == 0.05 and paper.TABLE2[5].threshold == 0.01
-    assert paper.TABLE3["gelu"].n == 4 and paper.TABLE3["gelu"].fn_star == (2.128, 0.515)
-    assert paper.TABLE4[5e-4].t_nc is None and paper.TABLE4[5e-4].collapsed == 0
-    assert paper.TABLE4[5e-5].t_nc == (290, 10)
-    assert paper.TABLE5["combined"] == ((250, 383), (1.096, 0.091)) and paper.TABLE5_COMBINED_N == 21
-    assert paper.TABLE6[("resnet20", "mnist")].fn_star == (5.867, 0.034) and paper.TABLE6_ANOVA_F == 55.88
-    assert paper.TABLE6_EFFECTS["architecture | mnist"] == (4.815, 4.58) and paper.MULTIPLICATIVE_MISS == 2.32
-    assert paper.TABLE7[1024].t_nc == (257, 12) and paper.WIDTH_REGRESSION["exponent"] == -0.064
-    assert paper.TABLE8[0.3].p_t_nc == 0.22 and paper.TABLE8[3.0].fn_after == 48.7
-    assert paper.LEAD_TIME["mean"] == 62 == c.DEFAULT_LEAD and paper.LEAD_TIME["mae"] == 24
-    assert paper.TABLE1["Depth = 7"] == (1.112, 0.953, 0.86) and paper.TABLE1_MEAN_RATIO == (1.10, 0.14)
-    assert paper.CE_ONLY["nc1_min"] == 0.076
+    assert paper_values.TABLE2[3].t_nc == (250, 28) and paper_values.TABLE2[7].fn_star == (1.112, 0.040)
+    assert paper_values.TABLE2[2].threshold == 0.05 and paper_values.TABLE2[5].threshold == 0.01
+    assert paper_values.TABLE3["gelu"].n == 4 and paper_values.TABLE3["gelu"].fn_star == (2.128, 0.515)
+    assert paper_values.TABLE4[5e-4].t_nc is None and paper_values.TABLE4[5e-4].collapsed == 0
+    assert paper_values.TABLE4[5e-5].t_nc == (290, 10)
+    assert paper_values.TABLE5["combined"] == ((250, 383), (1.096, 0.091)) and paper_values.TABLE5_COMBINED_N == 21
+    assert paper_values.TABLE6[("resnet20", "mnist")].fn_star == (5.867, 0.034) and paper_values.TABLE6_ANOVA_F == 55.88
+    assert paper_values.TABLE6_EFFECTS["architecture | mnist"] == (4.815, 4.58)
+    assert paper_values.MULTIPLICATIVE_MISS == 2.32
+    assert paper_values.TABLE7[1024].t_nc == (257, 12) and paper_values.WIDTH_REGRESSION["exponent"] == -0.064
+    assert paper_values.TABLE8[0.3].p_t_nc == 0.22 and paper_values.TABLE8[3.0].fn_after == 48.7
+    assert paper_values.LEAD_TIME["mean"] == 62 == c.DEFAULT_LEAD and paper_values.LEAD_TIME["mae"] == 24
+    assert paper_values.TABLE1["Depth = 7"] == (1.112, 0.953, 0.86) and paper_values.TABLE1_MEAN_RATIO == (1.10, 0.14)
+    assert paper_values.CE_ONLY["nc1_min"] == 0.076
 
 
 def _log(client: MlflowClient, eid: str, t_nc: int | None, fn_star: float, sweep: str, seed: int,

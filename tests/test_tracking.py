@@ -1,4 +1,4 @@
-"""`ncflow/mlflow_run.py` against a real temp sqlite store: run set-up, params, lookups, logging, checkpoints."""
+"""`ncflow/tracked/mlflow_run.py` against a real temp sqlite store: run set-up, params, lookups, logging, checkpoints."""
 
 from __future__ import annotations
 

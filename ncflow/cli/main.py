@@ -331,11 +331,9 @@ def reproduce(
     for item in planned:
         if item.skipped:
             click.echo(f"skipped {item.point.label()} seed {item.point.seed} ({','.join(item.sweeps)}): {item.skipped}")
-    from analysis.report import Source, build_report
+    from ncflow.cli.reproduction_report import write_reproduction_report
 
-    outcome = build_report(Source(uri, overrides["experiment"], None, None, not quiet), Path(out), ("md", "csv", "tex"),
-                           ("png",), compare=True)
-    click.echo(outcome.describe())
+    click.echo(write_reproduction_report(uri, overrides["experiment"], Path(out), not quiet))
 
 
 if __name__ == "__main__":

@@ -14,29 +14,11 @@ from typing import Any, Callable
 
 import click
 
-from ncflow.engine.config import (
-    ACTIVATIONS,
-    ARCHS,
-    CLASSIFIERS,
-    DATASETS,
-    DEVICES,
-    IMBALANCE_PROFILES,
-    MATMUL_PRECISIONS,
-    OPTIMIZERS,
-    PROTOCOLS,
-    SCHEDULES,
-    RunConfig,
-    field_help,
-    format_value,
-)
 from ncshared import schema
+from ncshared.run_config import RunConfig, field_choices, field_help, format_value
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "dataset": DATASETS, "arch": ARCHS, "activation": ACTIVATIONS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
-    "protocol": PROTOCOLS, "device": DEVICES, "checkpoints": tuple(schema.CHECKPOINT_CHOICES),
-    "classifier": CLASSIFIERS, "imbalance_profile": IMBALANCE_PROFILES,
-    "matmul_precision": MATMUL_PRECISIONS,
-}
+# The fields that take one of a few words: their CHOICES marks, and `checkpoints`, whose words the schema defines.
+CHOICES: dict[str, tuple[str, ...]] = {**field_choices(), "checkpoints": tuple(schema.CHECKPOINT_CHOICES)}
 METAVARS = {  # fields whose values are not a plain type
     "milestones": "INTEGER,…", "nc1_threshold": "auto|FLOAT", "fn_ref": "none|auto|FLOAT",
     "stop_after_collapse": "off|INTEGER", "init_from": "RUN_ID|none", "synthetic_shape": "CxHxW",

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ncflow.engine.config import DATASETS
+from ncshared.run_config import DATASETS
 
 SPLIT_SEED = 0  # seed of the stratified splits and of the synthetic mixture: every training seed sees the same data
 SYNTHETIC_CENTRE_DISTANCE = 6.0  # expected distance between two class centres, in units of the per-pixel noise std
@@ -204,7 +204,7 @@ class DataUnavailable(RuntimeError):
 def _torchvision_tensors(name: str, data_dir: Path, download: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Train and test tensors of a torchvision data set, from its raw arrays in one go (no per-sample transform)."""
     class_name, _, _ = TORCHVISION_LAYOUTS[name]
-    missing = _missing_files(name, data_dir)
+    missing = missing_data_files(name, data_dir)
     if missing and not download:
         raise DataUnavailable(_missing_data_message(name, data_dir, missing, "download is off"))
     try:
@@ -214,7 +214,7 @@ def _torchvision_tensors(name: str, data_dir: Path, download: bool) -> tuple[Ten
     except (OSError, RuntimeError) as error:  # urllib's URLError is an OSError; torchvision raises RuntimeError
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
         reason = f"download failed: {first_line}" if missing else f"torchvision could not read the files: {first_line}"
-        raise DataUnavailable(_missing_data_message(name, data_dir, _missing_files(name, data_dir), reason)) from None
+        raise DataUnavailable(_missing_data_message(name, data_dir, missing_data_files(name, data_dir), reason)) from None
     return (*train, *test)
 
 
@@ -228,8 +228,10 @@ def _torchvision_split(class_name: str, data_dir: Path, train: bool, download: b
     return images.float().contiguous(), _as_label_tensor(np.asarray(dataset.targets))
 
 
-def _missing_files(name: str, data_dir: Path) -> list[Path]:
-    """The files of data set ``name`` that are not under ``data_dir``."""
+def missing_data_files(name: str, data_dir: Path) -> list[Path]:
+    """The files of data set ``name`` that are not under ``data_dir`` (none for the embedded data sets)."""
+    if name not in TORCHVISION_LAYOUTS:
+        return []
     _, folder, files = TORCHVISION_LAYOUTS[name]
     return [data_dir / folder / file for file in files if not (data_dir / folder / file).is_file()]
 

@@ -19,9 +19,9 @@ import pandas as pd
 import torch
 
 from ncflow.collapse.metrics import NonFiniteFeaturesError, class_nc1, feature_collapse
-from ncflow.engine.config import RunConfig
 from ncflow.engine.models import layer_count
 from ncshared import schema
+from ncshared.run_config import RunConfig
 
 
 def imbalanced(config: RunConfig) -> bool:

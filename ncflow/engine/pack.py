@@ -1,6 +1,6 @@
 """Packed training: several runs of one model shape trained in one process, each member exactly as if alone.
 
-Torch only. A pack is a list of standalone `loop.Setup`s (each built by `loop.prepare` from its own config, so
+Torch only. A pack is a list of standalone `run_setup.Setup`s (each built by `run_setup.prepare` from its own config, so
 each member is initialised, subsampled and shuffled exactly as the standalone run of its seed, and keeps its own
 optimiser, schedule, detector and history). Only the training pass is shared: an MLP pack stacks the members'
 weights layer by layer and runs one batched matmul (`torch.baddbmm`) per layer for all members, on a batch that
@@ -25,21 +25,17 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ncflow.engine import loop
-from ncflow.engine.config import ConfigError, RunConfig
+from ncflow.engine.config import ConfigError
 from ncflow.engine.data import batch_indices
-from ncflow.engine.loop import Setup, Sink
 from ncflow.engine.models import MLP, ResNet20
 from ncflow.engine.pack_resnet import packed_resnet_logits
+from ncflow.engine.run_setup import Setup, Sink
+from ncshared.run_config import PACK, RunConfig, params_marked
 
-# What the members of one pack must share: the model's shape, the data and its batches, the schedule of phases and
-# epochs. They may differ in seed, weight decay, learning rate (and momentum), classifier, intervention source and
-# α, and every reporting setting.
-PACK_SHARED_FIELDS = (
-    "dataset", "data_dir", "arch", "depth", "width", "activation", "batch_size", "phase1_epochs", "phase2_epochs",
-    "protocol", "optimizer", "schedule", "milestones", "lr_gamma", "imbalance_ratio", "imbalance_profile", "device",
-    "matmul_precision",
-    "synthetic_classes", "synthetic_shape", "synthetic_per_class",
-)
+# What the members of one pack must share (marked PACK): the model's shape, the data and its batches, the schedule
+# of phases and epochs. They may differ in seed, weight decay, learning rate (and momentum), classifier, intervention
+# source and α, and every reporting setting.
+PACK_SHARED_FIELDS = params_marked(PACK)
 ACTIVATION_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh,
 }

@@ -3,7 +3,7 @@
 A run's directory (default `.ncflow/runs/RUN_ID/` under the working directory; `--record-dir` or
 `NCFLOW_RECORD_DIR` moves it) holds:
 
-    record.json       who owns the run: run id, tracking URI, experiment, host, pid, process start time
+    record.json       who owns the run: run id, tracking URI, experiment, host, boot id, pid, process start time
     journal.jsonl     every MLflow write, one JSON object a line, in order: per-epoch metrics (with the
                       timestamp they will carry in MLflow), summary metrics, tags, artifacts, run status
     shipped           how many journal entries MLflow has (written atomically after each shipped batch)
@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator, Mapping
+
+from ncflow.record.liveness import Owner
 
 RECORD_DIR_VARIABLE = "NCFLOW_RECORD_DIR"
 DEFAULT_RECORD_DIR = Path(".ncflow") / "runs"
@@ -61,50 +62,6 @@ def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
         raise
 
 
-def process_start_time(pid: int) -> str | None:
-    """The kernel's start time of a process (field 22 of /proc/PID/stat), to tell a live owner from a reused pid."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text.rsplit(")", 1)[1].split()[19]
-
-
-def process_alive(host: str, pid: int, started: str | None) -> bool:
-    """Whether the process that wrote a record still runs (only decidable on its own host)."""
-    if host != socket.gethostname():
-        return False
-    current = process_start_time(pid)
-    if current is not None:
-        return started is None or current == started
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return not Path("/proc").exists()
-
-
-@dataclass(frozen=True)
-class Owner:
-    """The process that writes a record."""
-
-    host: str
-    pid: int
-    started: str | None
-
-    @classmethod
-    def this_process(cls) -> "Owner":
-        return cls(socket.gethostname(), os.getpid(), process_start_time(os.getpid()))
-
-    def alive(self) -> bool:
-        return process_alive(self.host, self.pid, self.started)
-
-    def label(self) -> str:
-        return f"{self.host} pid {self.pid}"
-
-
 class RunRecord:
     """One run's directory. The training process appends; the shipper reads and advances `shipped`."""
 
@@ -127,9 +84,8 @@ class RunRecord:
 
     def claim(self, meta: Mapping[str, Any] | None = None) -> None:
         """Make this process the record's owner (merging `meta` into record.json)."""
-        owner = Owner.this_process()
-        merged = {**self.meta(), **(meta or {}), "host": owner.host, "pid": owner.pid, "started": owner.started,
-                  "claimed_at": time.time(), "released": False}
+        merged = {**self.meta(), **(meta or {}), **asdict(Owner.this_process()), "claimed_at": time.time(),
+                  "released": False}
         atomic_write_bytes(self.directory / RECORD_FILE, json.dumps(merged, indent=1).encode())
 
     @property
@@ -158,11 +114,14 @@ class RunRecord:
         return (self.directory / RECORD_FILE).is_file()
 
     def owner(self) -> Owner | None:
-        """The process writing the record now; None when released (or never claimed)."""
+        """The process writing the record now; None when released (or never claimed).
+
+        A record.json written before the boot id was kept has none: its owner's boot counts as this machine's.
+        """
         meta = self.meta()
         if "pid" not in meta or meta.get("released"):
             return None
-        return Owner(str(meta.get("host", "")), int(meta["pid"]), meta.get("started"))
+        return Owner.from_mapping({"host": "", **meta})
 
     # ----------------------------------------------------------------------------------------- writing
 

@@ -13,36 +13,24 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
-from ncflow.record.local_record import ARTIFACT, METRICS, STATUS, TAGS, Owner, RunRecord, find_records
+from ncflow.record.liveness import RUN_HEARTBEAT_EVERY_S, Owner, heartbeat_value
+from ncflow.record.local_record import ARTIFACT, METRICS, STATUS, TAGS, RunRecord, find_records
+from ncflow.record.retry import retried
 from ncshared import schema
 
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch
 MAX_TAGS_PER_BATCH = 100
-HEARTBEAT_EVERY_S = 30.0
-STALE_AFTER_S = 90.0  # a RUNNING run whose heartbeat is older than this has lost its process
 SHIP_EVERY_S = 2.0  # how long new entries may wait, so one write carries several epochs
 RETRY_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0)
 
 log = logging.getLogger(__name__)
-
-
-def heartbeat_value(owner: Owner, now: float | None = None) -> str:
-    """`1733140000 host 1234`: when the run's process last said it is alive, and which process it is."""
-    return f"{(time.time() if now is None else now):.0f} {owner.host} {owner.pid}"
-
-
-def parse_heartbeat(value: str | None) -> tuple[float, str, int] | None:
-    try:
-        stamp, host, pid = str(value).split(" ", 2)
-        return float(stamp), host, int(pid)
-    except (TypeError, ValueError):
-        return None
 
 
 def ship_batch(client: MlflowClient, record: RunRecord, entries: list[dict[str, Any]]) -> None:
@@ -96,20 +84,16 @@ def ship_pending(client: MlflowClient, record: RunRecord, should_stop: Callable[
     """
     sent = record.shipped()
     pending = list(record.entries(sent))
-    attempt = 0
+
+    def tell(error: Exception, pause: float) -> None:
+        log.info("MLflow did not take run %s's journal (%s); retrying in %.1f s", record.run_id, error, pause)
+
     for group in group_entries(pending):
-        while True:
-            try:
-                ship_batch(client, record, group)
-                break
-            except Exception as error:  # the server is down or failing: keep the entries, try again later
-                if should_stop():
-                    return record.entry_count() - sent
-                delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
-                log.info("MLflow did not take run %s's journal (%s); retrying in %.1f s", record.run_id, error, delay)
-                attempt += 1
-                time.sleep(delay)
-        attempt = 0
+        try:  # the server is down or failing: keep the entries, try again later
+            retried(partial(ship_batch, client, record, group), delays=RETRY_BACKOFF_S, give_up=should_stop,
+                    on_retry=tell)
+        except Exception:  # stopped during an outage
+            return record.entry_count() - sent
         sent += len(group)
         record.mark_shipped(sent)
     return record.entry_count() - sent
@@ -118,7 +102,9 @@ def ship_pending(client: MlflowClient, record: RunRecord, should_stop: Callable[
 class Shipper:
     """The background thread that ships one live run record and refreshes its heartbeat."""
 
-    def __init__(self, client: MlflowClient, record: RunRecord, heartbeat_every_s: float = HEARTBEAT_EVERY_S) -> None:
+    def __init__(
+        self, client: MlflowClient, record: RunRecord, heartbeat_every_s: float = RUN_HEARTBEAT_EVERY_S
+    ) -> None:
         self.client, self.record = client, record
         self.heartbeat_every_s = heartbeat_every_s
         self.owner = Owner.this_process()
@@ -181,7 +167,7 @@ def sync_records(
     results = []
     for record in find_records(root):
         owner = record.owner()
-        if record.unshipped() == 0 or (owner is not None and owner.alive()):
+        if record.unshipped() == 0 or (owner is not None and owner.is_alive()):
             continue
         uri = record.meta().get("tracking_uri", "")
         if tracking_uri is not None and uri != tracking_uri:

@@ -36,7 +36,6 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
-from ncflow.engine.config import RunConfig, format_value
 from ncflow.record.signals import termination_as_interrupt
 from ncflow.sweeps import worker
 from ncflow.sweeps.grids import MAIN, GridPoint, Sweep, stages, study_name
@@ -57,6 +56,7 @@ from ncflow.sweeps.trials import (
 )
 from ncflow.sweeps.worker import WorkerArgs
 from ncshared.mlflow_env import adopted_experiment_name, adopted_run_id, environment_without_adopted_run
+from ncshared.run_config import RunConfig, format_value
 from ncshared.schema import (
     KIND_SWEEP,
     SWEEP_DONE,
@@ -93,30 +93,20 @@ def default_experiment(tracking_uri: str) -> str:
     return adopted or os.environ.get("MLFLOW_EXPERIMENT_NAME") or RunConfig.experiment
 
 
-def latest_parent(client: MlflowClient, experiment_id: str, name: str) -> list:
-    """The latest `sweep-NAME` parent run in the experiment (a list of at most one run)."""
-    return client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{TAG_KIND}` = '{KIND_SWEEP}' and tags.`{TAG_SWEEP}` = '{name}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-
-
 def open_parent(client: MlflowClient, experiment_id: str, name: str) -> str:
-    """The sweep's parent run: the `mlflow run` run, else the latest `sweep-NAME`, else a new one."""
+    """The sweep's parent run: the one `mlflow_run.sweep_parent_run` finds (the `mlflow run` run, tagged as the
+    parent; else the latest `sweep-NAME`, RUNNING again), else a new one."""
     from ncflow.tracked import mlflow_run
 
     tags = {TAG_KIND: KIND_SWEEP, TAG_SWEEP: name}
-    adopted = adopted_run_id()
-    if adopted:
-        with_retry(mlflow_run.set_tags, client, adopted, {**tags, TAG_RUN_NAME: f"sweep-{name}"})
-        return adopted
-    found = with_retry(latest_parent, client, experiment_id, name)
-    if found:
-        with_retry(client.update_run, found[0].info.run_id, status="RUNNING")
-        return found[0].info.run_id
-    return with_retry(client.create_run, experiment_id, run_name=f"sweep-{name}", tags=tags).info.run_id
+    found = with_retry(mlflow_run.sweep_parent_run, client, experiment_id, name)
+    if found is None:
+        return with_retry(client.create_run, experiment_id, run_name=f"sweep-{name}", tags=tags).info.run_id
+    if found.info.run_id == adopted_run_id():  # MLflow made it (and ends it): make it the sweep's parent
+        with_retry(mlflow_run.set_tags, client, found.info.run_id, {**tags, TAG_RUN_NAME: f"sweep-{name}"})
+    else:
+        with_retry(client.update_run, found.info.run_id, status="RUNNING")
+    return found.info.run_id
 
 
 def enqueue_stage(run: SweepRun, stage: str, points: list[GridPoint], client: MlflowClient, experiment_id: str) -> int:

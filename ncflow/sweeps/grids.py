@@ -18,16 +18,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
-from ncflow.engine.config import (
-    PRESETS,
-    ConfigError,
-    RunConfig,
-    build_config,
-    condition_hash,
-    format_value,
-    parse_field,
-)
+from ncflow.engine.config import PRESETS, ConfigError, build_config, condition_hash, parse_field
 from ncflow.sweeps.trials import PointTask
+from ncshared import schema
+from ncshared.run_config import RunConfig, format_value
 
 SEEDS = (0, 1, 2)
 BASE_PRESET = "paper-mnist-mlp"
@@ -55,33 +49,35 @@ class Sweep:
     chain_phase1: bool = False  # one Phase-1 run per seed; each point starts Phase 2 from it (init_from)
 
 
-# The paper's experiment grids. Everything not named here comes from the preset paper-mnist-mlp
+# The paper's experiment grids, and studies beyond it, each under its name in `schema.SWEEP_FAMILIES` (the table the
+# analysis reads the runs' families by). Everything not named here comes from the preset paper-mnist-mlp
 # (MNIST, Adam 1e-3, cosine, 200 + 400 epochs).
-NAMED_SWEEPS: dict[str, Sweep] = {
-    "depth": Sweep("depth", (Block({"depth": (2, 3, 5, 7)}),), {**MLP5_RELU, "weight_decay": 1e-4}),
-    "activation": Sweep(
-        "activation",
+NAMED_SWEEPS: dict[str, Sweep] = {sweep.name: sweep for sweep in (
+    Sweep(schema.DEPTH_SWEEP, (Block({"depth": (2, 3, 5, 7)}),), {**MLP5_RELU, "weight_decay": 1e-4}),
+    Sweep(
+        schema.ACTIVATION_SWEEP,
         (Block({"activation": ("relu",)}), Block({"activation": ("gelu",)}, extra_seeds=1), Block({"activation": ("tanh",)})),
         {**MLP5_RELU, "weight_decay": 1e-4},
     ),
-    "weight-decay": Sweep("weight-decay", (Block({"weight_decay": (1e-5, 5e-5, 1e-4, 5e-4)}),), MLP5_RELU),
-    "width": Sweep("width", (Block({"width": (128, 256, 512, 1024)}),), MLP5_RELU),
-    "grid": Sweep(
-        "grid", (Block({"preset": ("paper-mnist-mlp", "paper-cifar-resnet20"), "dataset": ("mnist", "cifar10")}),)
+    Sweep(schema.WEIGHT_DECAY_SWEEP, (Block({"weight_decay": (1e-5, 5e-5, 1e-4, 5e-4)}),), MLP5_RELU),
+    Sweep(schema.WIDTH_SWEEP, (Block({"width": (128, 256, 512, 1024)}),), MLP5_RELU),
+    Sweep(
+        schema.GRID_SWEEP,
+        (Block({"preset": ("paper-mnist-mlp", "paper-cifar-resnet20"), "dataset": ("mnist", "cifar10")}),),
     ),
-    "intervention": Sweep(
-        "intervention", (Block({"rescale_alpha": (1.0, 0.3, 3.0)}),), {**MLP5_RELU, "dataset": "mnist"}, chain_phase1=True
+    Sweep(
+        schema.INTERVENTION_SWEEP, (Block({"rescale_alpha": (1.0, 0.3, 3.0)}),), {**MLP5_RELU, "dataset": "mnist"},
+        chain_phase1=True,
     ),
-    "protocol": Sweep("protocol", (Block({"protocol": ("ce-only", "two-phase")}),), MLP5_RELU),
+    Sweep(schema.PROTOCOL_SWEEP, (Block({"protocol": ("ce-only", "two-phase")}),), MLP5_RELU),
     # Beyond the paper: the head learned as usual vs fixed to a simplex ETF (MLP-5, ReLU, λ = 1e-4).
-    "etf": Sweep("etf", (Block({"classifier": ("learned", "etf")}),), {**MLP5_RELU, "weight_decay": 1e-4}),
+    Sweep(schema.ETF_SWEEP, (Block({"classifier": ("learned", "etf")}),), {**MLP5_RELU, "weight_decay": 1e-4}),
     # Beyond the paper: collapse through the layers of an MLP-7 (every hidden layer measured each epoch).
-    "layerwise": Sweep("layerwise", (Block({"depth": (7,)}),),
-                       {**MLP5_RELU, "weight_decay": 1e-4, "layerwise": True}),
+    Sweep(schema.LAYERWISE_SWEEP, (Block({"depth": (7,)}),), {**MLP5_RELU, "weight_decay": 1e-4, "layerwise": True}),
     # Beyond the paper: class imbalance (step profile: half the classes n_max, half n_max / ρ) and minority collapse.
-    "imbalance": Sweep("imbalance", (Block({"imbalance_ratio": (1.0, 10.0, 100.0)}),),
-                       {**MLP5_RELU, "weight_decay": 1e-4, "imbalance_profile": "step"}),
-}
+    Sweep(schema.IMBALANCE_SWEEP, (Block({"imbalance_ratio": (1.0, 10.0, 100.0)}),),
+          {**MLP5_RELU, "weight_decay": 1e-4, "imbalance_profile": "step"}),
+)}
 
 
 def stages(sweep: Sweep) -> tuple[str, ...]:

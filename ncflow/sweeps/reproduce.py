@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from ncflow.engine.config import ConfigError, RunConfig
+from ncflow.engine import run_setup
+from ncflow.engine.config import ConfigError
 from ncflow.sweeps.grids import NAMED_SWEEPS, GridPoint, Sweep, resolve_points, with_seeds
+from ncshared.run_config import RunConfig
 
 PROGRAM_SWEEPS = ("depth", "weight-decay", "activation", "width", "protocol", "intervention", "grid")
 ALL_SEEDS_FIRST = ("depth", "weight-decay")
@@ -67,11 +69,9 @@ def program(names: Sequence[str], seeds: tuple[int, ...] | None, overrides: Mapp
 
 def missing_data(config: RunConfig) -> str | None:
     """Why a point cannot train here (its torchvision files are absent), or None."""
-    from ncflow.engine.data import TORCHVISION_LAYOUTS, _missing_files
+    from ncflow.engine.data import missing_data_files
 
-    if config.dataset not in TORCHVISION_LAYOUTS:
-        return None
-    missing = _missing_files(config.dataset, Path(config.data_dir))
+    missing = missing_data_files(config.dataset, Path(config.data_dir))
     if not missing:
         return None
     return f"{config.dataset} is not under data_dir={config.data_dir!r} (missing {missing[0]})"
@@ -114,7 +114,7 @@ def measure_epoch_seconds(config: RunConfig) -> float:
     """The median time of TIMED_EPOCHS epochs of this model shape, measured here (engine only, no MLflow)."""
     from ncflow.engine import loop
 
-    setup = loop.prepare(config.replace(init_from="none", rescale_alpha=1.0))
+    setup = run_setup.prepare(config.replace(init_from="none", rescale_alpha=1.0))
     loop.epoch_row(setup, 1)  # warm-up: allocations, thread pools
     times = []
     for epoch in range(2, 2 + TIMED_EPOCHS):

@@ -8,11 +8,11 @@ is no longer running (its worker died) is found and ended KILLED.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Callable, Iterable, TypeVar
 
 from mlflow.tracking import MlflowClient
 
+from ncflow.record.retry import is_database_locked, retried
 from ncflow.sweeps.trials import ATTR_PARENT, result_attrs
 from ncshared.schema import (
     FN_STAR,
@@ -29,20 +29,14 @@ from ncshared.schema import (
 )
 
 LOCK_RETRIES = 8  # attempts at an MLflow call that met "database is locked"
+LOCK_DELAYS_S = tuple(0.25 * 2**k for k in range(LOCK_RETRIES - 1))  # 0.25 s, doubling, before each retry
 MAX_RUNS = 1000  # one search's page: far more runs than one condition or one study has
 Result = TypeVar("Result")
 
 
 def with_retry(call: Callable[..., Result], *args: Any, **kwargs: Any) -> Result:
     """Call an MLflow function, retrying while a shared SQLite store answers "database is locked"."""
-    for attempt in range(LOCK_RETRIES):
-        try:
-            return call(*args, **kwargs)
-        except Exception as error:  # MlflowException or SQLAlchemy OperationalError, depending on the call
-            if "database is locked" not in str(error) or attempt == LOCK_RETRIES - 1:
-                raise
-            time.sleep(0.25 * 2**attempt)
-    raise AssertionError("unreachable")
+    return retried(lambda: call(*args, **kwargs), when=is_database_locked, delays=LOCK_DELAYS_S, attempts=LOCK_RETRIES)
 
 
 def finished_result(client: MlflowClient, experiment_id: str, condition: str, seed: int) -> dict[str, Any] | None:

@@ -1,11 +1,11 @@
 """Whether the worker that claimed a RUNNING trial is still alive, and failing the trials of those that are not.
 
 A claim writes the trial's owner (host, boot id, pid, process start time) and a heartbeat that a thread of the
-worker refreshes every HEARTBEAT_S. A RUNNING trial is stale when its owner is gone: a local owner whose process
-no longer exists (or is a zombie, or is another process with a recycled pid), an owner on another host whose
-heartbeat is older than STALE_AFTER_S, or no owner at all (its claimer died inside the sweep lock). Stale trials
-are failed under the sweep lock (`fail_stale_trials`), so their points are enqueued again, and every RUNNING
-MLflow run of a trial that no longer runs is ended KILLED.
+worker refreshes every TRIAL_HEARTBEAT_EVERY_S. A RUNNING trial is stale when its owner is gone: a local owner
+whose process no longer exists (or is a zombie, or is another process with a recycled pid; `ncflow.record.liveness`
+tells), an owner on another host whose heartbeat is older than TRIAL_STALE_AFTER_S, or no owner at all (its
+claimer died inside the sweep lock). Stale trials are failed under the sweep lock (`fail_stale_trials`), so their
+points are enqueued again, and every RUNNING MLflow run of a trial that no longer runs is ended KILLED.
 
 One mechanism serves every storage. Optuna's own heartbeat is no substitute (checked in the installed Optuna 5.0.0):
 - `JournalStorage` (optuna/storages/journal/_storage.py) derives from `BaseStorage` only, not from
@@ -28,81 +28,21 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
-import socket
 import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import optuna
 from mlflow.tracking import MlflowClient
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from ncflow.record.liveness import TRIAL_HEARTBEAT_EVERY_S, TRIAL_STALE_AFTER_S, Owner
 from ncflow.sweeps.runs import kill_runs, running_runs, tagged_trial
 from ncflow.sweeps.storage import study_trials, trial_id
 from ncflow.sweeps.trials import ATTR_FAIL_REASON, ATTR_HEARTBEAT, ATTR_OWNER, ATTR_POINT, ATTR_STATUS
 from ncshared.schema import STATUS_FAILED
 
-HEARTBEAT_S = 30.0  # a worker refreshes its trial's heartbeat this often
-STALE_AFTER_S = 300.0  # a RUNNING trial of another host with an older heartbeat counts as abandoned
 STALE_REASON = "worker lost: its process ended without reporting (killed or crashed)"
-
-
-def _proc_stat(pid: int) -> tuple[str, str] | None:
-    """(state, start time in clock ticks) of a Linux process, or None when it does not exist."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    after_name = text.rsplit(")", 1)[1].split()
-    return after_name[0], after_name[19]
-
-
-def _boot_id() -> str:
-    with contextlib.suppress(OSError):
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    return "unknown"
-
-
-@dataclass(frozen=True)
-class Owner:
-    """The process that claimed a trial; `started` guards against a recycled pid."""
-
-    host: str
-    boot: str
-    pid: int
-    started: str
-
-    @classmethod
-    def this_process(cls) -> "Owner":
-        stat = _proc_stat(os.getpid())
-        return cls(socket.gethostname(), _boot_id(), os.getpid(), stat[1] if stat else "unknown")
-
-    @classmethod
-    def from_attr(cls, value: Any) -> "Owner | None":
-        with contextlib.suppress(TypeError, KeyError, ValueError):
-            return cls(str(value["host"]), str(value["boot"]), int(value["pid"]), str(value["started"]))
-        return None
-
-    def is_local(self) -> bool:
-        return self.host == socket.gethostname() and self.boot == _boot_id()
-
-    def is_alive(self) -> bool:
-        """Whether a local owner still runs (a zombie counts as dead)."""
-        stat = _proc_stat(self.pid)
-        if stat is None:
-            if not Path("/proc").exists():  # no procfs: fall back to signal 0
-                try:
-                    os.kill(self.pid, 0)
-                except ProcessLookupError:
-                    return False
-                return True
-            return False
-        state, started = stat
-        return state not in ("Z", "X") and (self.started == "unknown" or started == self.started)
 
 
 def record_owner(storage: BaseStorage, trial: int, owner: Owner) -> None:
@@ -114,7 +54,7 @@ def record_owner(storage: BaseStorage, trial: int, owner: Owner) -> None:
 class Heartbeat:
     """Refreshes a claimed trial's heartbeat from a daemon thread until stopped."""
 
-    def __init__(self, storage: BaseStorage, trial: int, interval_s: float = HEARTBEAT_S) -> None:
+    def __init__(self, storage: BaseStorage, trial: int, interval_s: float = TRIAL_HEARTBEAT_EVERY_S) -> None:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, args=(storage, trial, interval_s), daemon=True)
 
@@ -139,13 +79,13 @@ def is_stale(trial: FrozenTrial, now: float | None = None) -> bool:
     """
     if trial.state != TrialState.RUNNING or ATTR_POINT not in trial.user_attrs:
         return False
-    owner = Owner.from_attr(trial.user_attrs.get(ATTR_OWNER))
+    owner = Owner.from_mapping(trial.user_attrs.get(ATTR_OWNER))
     if owner is None:
         return True
     if owner.is_local():
         return not owner.is_alive()
     heartbeat = float(trial.user_attrs.get(ATTR_HEARTBEAT, 0.0))
-    return (now if now is not None else time.time()) - heartbeat > STALE_AFTER_S
+    return (now if now is not None else time.time()) - heartbeat > TRIAL_STALE_AFTER_S
 
 
 def fail_stale_trials(storage: BaseStorage, study_name: str, client: MlflowClient, experiment_id: str) -> list[int]:

@@ -16,7 +16,8 @@ from typing import Any, Mapping
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from ncflow.engine import config as config_module
+from ncflow.engine.config import PRESETS
+from ncshared import run_config
 from ncshared.schema import STATUS_COLLAPSED
 
 # The point (written when it is enqueued).
@@ -40,16 +41,16 @@ ATTR_FAIL_REASON = "ncflow_fail_reason"
 STUDY_ATTR_SWEEP = "ncflow_sweep"  # on the study: the sweep's name
 
 ENUMERATED_FIELDS: dict[str, tuple[str, ...]] = {
-    "dataset": config_module.DATASETS,
-    "arch": config_module.ARCHS,
-    "activation": config_module.ACTIVATIONS,
-    "optimizer": config_module.OPTIMIZERS,
-    "schedule": config_module.SCHEDULES,
-    "protocol": config_module.PROTOCOLS,
-    "device": config_module.DEVICES,
-    "preset": tuple(config_module.PRESETS),
+    "dataset": run_config.DATASETS,
+    "arch": run_config.ARCHS,
+    "activation": run_config.ACTIVATIONS,
+    "optimizer": run_config.OPTIMIZERS,
+    "schedule": run_config.SCHEDULES,
+    "protocol": run_config.PROTOCOLS,
+    "device": run_config.DEVICES,
+    "preset": tuple(PRESETS),
 }
-FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(config_module.RunConfig)}
+FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(run_config.RunConfig)}
 
 
 def param_distributions(params: Mapping[str, Any]) -> dict[str, BaseDistribution]:

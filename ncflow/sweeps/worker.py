@@ -24,11 +24,13 @@ from mlflow.tracking import MlflowClient
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from ncflow.engine.config import RunConfig, build_config
+from ncflow.engine.config import build_config
+from ncflow.record.liveness import Owner
+from ncflow.record.retry import is_database_locked, retried
 from ncflow.record.signals import interruption_reason, termination_as_interrupt
 from ncflow.sweeps.runs import finished_result, kill_runs, running_runs, trial_tag
 from ncflow.sweeps.storage import open_storage, study_trials, sweep_lock, trial_id
-from ncflow.sweeps.trial_liveness import Heartbeat, Owner, is_stale, record_owner
+from ncflow.sweeps.trial_liveness import Heartbeat, is_stale, record_owner
 from ncflow.sweeps.trials import (
     ATTR_FAIL_REASON,
     ATTR_POINT,
@@ -43,6 +45,7 @@ from ncflow.sweeps.trials import (
     result_value,
 )
 from ncshared.mlflow_env import ADOPTED_RUN_VARIABLE
+from ncshared.run_config import RunConfig
 from ncshared.schema import STATUS_FAILED, TAG_TRIAL
 
 WAIT_S = 1.0  # a worker with only points waiting for a prerequisite looks again this often
@@ -159,21 +162,19 @@ def train_point(args: WorkerArgs, claim: Claim) -> tuple[dict[str, Any], float]:
     from ncflow.tracked.train import train
 
     config = config_of(args, claim)
-    for attempt in range(args.lock_retries + 1):
-        try:
-            result = train(
-                config,
-                sweep=args.sweep,
-                parent_run_id=args.parent_run_id,
-                extra_tags={TAG_TRIAL: trial_tag(claim.study, claim.number)},
-                progress=False,
-                ship_timeout_s=None,  # a point is done only once MLflow has all of it: wait out an outage
-            )
-            break
-        except Exception as error:
-            if "database is locked" not in str(error) or attempt == args.lock_retries:
-                raise
-            time.sleep(1.0 + attempt)
+    result = retried(
+        lambda: train(
+            config,
+            sweep=args.sweep,
+            parent_run_id=args.parent_run_id,
+            extra_tags={TAG_TRIAL: trial_tag(claim.study, claim.number)},
+            progress=False,
+            ship_timeout_s=None,  # a point is done only once MLflow has all of it: wait out an outage
+        ),
+        when=is_database_locked,
+        delays=[1.0 + k for k in range(args.lock_retries)],  # 1 s, 2 s, … before each retry
+        attempts=args.lock_retries + 1,
+    )
     attrs = result_attrs(result.run_id, result.status, result.t_nc, result.fn_star)
     return attrs, objective_value(result.status, result.t_nc, config.total_epochs)
 
@@ -240,8 +241,8 @@ def pack_size(args: WorkerArgs) -> int:
     """`--pack`: a number as given; `auto` by the device (ncflow.engine.pack.auto_pack_size)."""
     if args.pack != "auto":
         return int(args.pack)
-    from ncflow.engine.loop import resolve_device
     from ncflow.engine.pack import auto_pack_size
+    from ncflow.engine.run_setup import resolve_device
 
     return auto_pack_size(resolve_device(args.local.get("device", "auto")))
 

@@ -10,8 +10,9 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-from ncflow.engine.config import RunConfig, run_name
+from ncflow.engine.config import run_name
 from ncshared import schema
+from ncshared.run_config import RunConfig
 
 
 def history_csv(rows: Iterable[Mapping[str, float]]) -> bytes:

@@ -14,8 +14,8 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from ncflow.engine.config import RunConfig
 from ncshared import schema
+from ncshared.run_config import RunConfig
 
 STATUS_WORDS = {
     schema.STATUS_RUNNING: "training",
@@ -115,22 +115,15 @@ def sweep_end_message(tracking_uri: str, experiment: str, name: str) -> Sequence
     summary CSV artifact; nothing when the store cannot say (the sweep's own output already gave the counts)."""
     from mlflow.tracking import MlflowClient
 
-    from ncshared.mlflow_env import adopted_run_id
+    from ncflow.tracked.mlflow_run import sweep_parent_run  # torch loads only at a sweep's end
 
     try:
         client = MlflowClient(tracking_uri=tracking_uri)
-        adopted = adopted_run_id()
-        if adopted:
-            parent = client.get_run(adopted)
-        else:
-            from ncflow.sweeps.coordinator import latest_parent
-
-            found = client.get_experiment_by_name(experiment)
-            runs = [] if found is None else latest_parent(client, found.experiment_id, name)
-            if not runs:
-                return []
-            parent = runs[0]
+        found = client.get_experiment_by_name(experiment)
+        parent = sweep_parent_run(client, None if found is None else found.experiment_id, name)
     except Exception:  # the store went away at the very end: the counts above still stand
+        return []
+    if parent is None:
         return []
     place = RunPlace(parent.info.run_id, parent.info.run_name or "", experiment, parent.info.experiment_id,
                      tracking_uri, parent.info.artifact_uri)

@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
-import time
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
-from mlflow.entities import Param, RunTag
+from mlflow.entities import Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ncflow import __version__
-from ncflow.engine.config import ConfigError, RunConfig, build_config, condition_hash, parse_field, run_name
+from ncflow.engine.config import ConfigError, build_config, condition_hash, parse_field, run_name
+from ncflow.record.retry import retried
 from ncshared import schema
 from ncshared.mlflow_env import (
     StoreUnavailable,
@@ -30,6 +30,7 @@ from ncshared.mlflow_env import (
     check_store,
     resolve_tracking_uri,
 )
+from ncshared.run_config import RunConfig
 
 
 def client_for(config: RunConfig) -> MlflowClient:
@@ -51,9 +52,14 @@ def client_for_uri(tracking_uri: str | None) -> MlflowClient:
     return client
 
 
+class _NotCreated(Exception):
+    """`create_experiment` failed: another worker created the experiment first, or the store was busy."""
+
+
 def ensure_experiment(client: MlflowClient, name: str) -> str:
     """The experiment's id, creating it once; safe when several workers race to create it."""
-    for attempt in range(5):
+
+    def find_or_create() -> str:
         experiment = client.get_experiment_by_name(name)
         if experiment is not None:
             if experiment.lifecycle_stage == "deleted":
@@ -61,9 +67,31 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
             return experiment.experiment_id
         try:
             return client.create_experiment(name)
-        except MlflowException:
-            time.sleep(0.2 * (attempt + 1))  # another worker created it (or the store was busy): look again
-    raise MlflowException(f"could not create or find MLflow experiment {name!r}")
+        except MlflowException as error:
+            raise _NotCreated() from error
+
+    try:  # after a failed create, look again: 0.2 s, 0.4 s, … apart, five looks in all
+        return retried(find_or_create, when=lambda error: isinstance(error, _NotCreated),
+                       delays=[0.2 * (k + 1) for k in range(4)], attempts=5)
+    except _NotCreated as error:
+        raise MlflowException(f"could not create or find MLflow experiment {name!r}") from error.__cause__
+
+
+def sweep_parent_run(client: MlflowClient, experiment_id: str | None, sweep: str) -> Run | None:
+    """The sweep's parent run: the run `mlflow run` made for this process, else the latest run tagged
+    kind=sweep and sweep=`sweep` in the experiment; None when there is none (or no experiment)."""
+    adopted = adopted_run_id()
+    if adopted:
+        return client.get_run(adopted)
+    if experiment_id is None:
+        return None
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{schema.TAG_KIND}` = '{schema.KIND_SWEEP}' and tags.`{schema.TAG_SWEEP}` = '{sweep}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return found[0] if found else None
 
 
 def git_commit() -> str:

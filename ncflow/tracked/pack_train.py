@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from ncflow.engine import pack
-from ncflow.engine.config import ConfigError, RunConfig
+from ncflow.engine.config import ConfigError
 from ncflow.record.local_record import record_root
 from ncflow.record.signals import termination_as_interrupt
 from ncflow.tracked import mlflow_run, stale_runs
 from ncflow.tracked.train import SHIP_TIMEOUT_S, RecordedRun, TrainResult, opened, prepared
+from ncshared.run_config import RunConfig
 
 
 def train_pack(

@@ -1,7 +1,7 @@
 """Looking after runs whose process is gone: find stale runs, and ship what their records still hold.
 
 A run killed by SIGKILL or the OOM killer cannot end itself: it stays RUNNING in MLflow. Its heartbeat tag
-stops being refreshed, so `stale_runs` finds it (no heartbeat for STALE_AFTER_S), and its local record
+stops being refreshed, so `stale_runs` finds it (no heartbeat for RUN_STALE_AFTER_S), and its local record
 keeps every row the server has not taken (`sync` ships them; `ncflow train --resume` continues it).
 """
 
@@ -15,8 +15,9 @@ from pathlib import Path
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
+from ncflow.record.liveness import RUN_STALE_AFTER_S, parse_heartbeat
 from ncflow.record.local_record import RunRecord
-from ncflow.record.shipper import STALE_AFTER_S, parse_heartbeat, sync_records
+from ncflow.record.shipper import sync_records
 from ncflow.tracked import mlflow_run
 from ncshared import schema
 
@@ -32,7 +33,7 @@ class StaleRun:
 
 
 def stale_runs(client: MlflowClient, root: Path, now: float | None = None) -> list[StaleRun]:
-    """RUNNING ncflow training runs, in every experiment, that have been silent for STALE_AFTER_S or more."""
+    """RUNNING ncflow training runs, in every experiment, that have been silent for RUN_STALE_AFTER_S or more."""
     now = time.time() if now is None else now
     experiments = {e.experiment_id: e.name for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)}
     if not experiments:
@@ -46,11 +47,11 @@ def stale_runs(client: MlflowClient, root: Path, now: float | None = None) -> li
     for run in found:
         beat = parse_heartbeat(run.data.tags.get(schema.TAG_HEARTBEAT))
         last = beat[0] if beat else run.info.start_time / 1000.0
-        if now - last < STALE_AFTER_S:
+        if now - last < RUN_STALE_AFTER_S:
             continue
         record = RunRecord(root / run.info.run_id)
         owner = record.owner()
-        if owner is not None and owner.alive():
+        if owner is not None and owner.is_alive():
             continue  # its process lives (a server outage kept its heartbeat from arriving)
         stale.append(StaleRun(
             run.info.run_id, run.info.run_name or "", experiments.get(run.info.experiment_id, ""), now - last,

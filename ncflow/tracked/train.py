@@ -16,18 +16,18 @@ from typing import Any, Mapping
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from torch import Tensor
 
-from ncflow.engine import loop, optional_metrics
-from ncflow.engine.config import ConfigError, RunConfig, run_name
-from ncflow.engine.loop import Setup
-from ncflow.engine.models import predict_in_chunks
+from ncflow.engine import loop, optional_metrics, run_setup
+from ncflow.engine.config import ConfigError, run_name
+from ncflow.engine.run_setup import Setup
+from ncflow.record.liveness import RUN_STALE_AFTER_S, parse_heartbeat
 from ncflow.record.local_record import RunRecord, record_root
-from ncflow.record.shipper import STALE_AFTER_S, Shipper, parse_heartbeat
+from ncflow.record.shipper import Shipper
 from ncflow.record.signals import interruption_reason, termination_as_interrupt
 from ncflow.record.sink import RecordSink
 from ncflow.tracked import artifacts, messages, mlflow_run, stale_runs
 from ncshared import schema
+from ncshared.run_config import RunConfig
 
 SHIP_TIMEOUT_S = 60.0  # how long `ncflow train` waits at the end for a server that is down
 
@@ -80,37 +80,33 @@ def record_results(setup: Setup, record: RunRecord, sink: RecordSink) -> dict[st
     record.artifact_bytes(schema.CONFIG_FILE, artifacts.config_json(setup.config))
     figure = artifacts.dynamics_figure_png(record.run_id, setup.history, summary, setup.config)
     record.artifact_bytes(schema.DYNAMICS_FIGURE, figure)
-    _, features = predict_in_chunks(setup.model, setup.data.train_x)  # the end's features, one pass for both
-    record_angles(setup, record, features)
-    record_optional(setup, record, sink, features)
+    end = loop.measure_end_of_run(setup)
+    record_angles(setup, record, end.angles)
+    record_optional(setup, record, sink, end.class_nc1_table)
     last = setup.history[-1] if setup.history else None
     note = messages.description(record.run_id, setup.config, detector.status, summary, last)
     record.tags({schema.TAG_NOTE: note})
     return summary
 
 
-def record_angles(setup: Setup, record: RunRecord, features: Tensor) -> None:
-    """class_mean_angles.json and its histogram: the pairwise class-mean angles at T_NC and at the end (from the
-    training set's final `features`)."""
-    at_end = loop.training_set_angles(setup, features)
+def record_angles(setup: Setup, record: RunRecord, at_end: list[float] | None) -> None:
+    """class_mean_angles.json and its histogram: the pairwise class-mean angles at T_NC and at the end."""
     detector, classes = setup.detector, setup.data.num_classes
     args = (classes, setup.angles_at_collapse, at_end, detector.t_nc, detector.last_epoch)
     record.artifact_bytes(schema.ANGLES_FILE, artifacts.angles_json(*args))
     record.artifact_bytes(schema.ANGLES_FIGURE, artifacts.angles_figure_png(*args, title=run_name(setup.config)))
 
 
-def record_optional(setup: Setup, record: RunRecord, sink: RecordSink, features: Tensor) -> None:
-    """Under `--layerwise`: each layer's T_NC, layers.csv and its figure; under imbalance: class_nc1.csv (from the
-    training set's final `features`)."""
+def record_optional(setup: Setup, record: RunRecord, sink: RecordSink, class_nc1_table: bytes | None) -> None:
+    """Under `--layerwise`: each layer's T_NC, layers.csv and its figure; under imbalance: class_nc1.csv."""
     config = setup.config
     if config.layerwise:
         sink.summary(optional_metrics.layer_collapse_epochs(setup.history, config, setup.detector.threshold))
         record.artifact_bytes(schema.LAYERS_FILE, optional_metrics.layers_csv(setup.history, config))
         figure = optional_metrics.layers_figure_png(setup.history, config, run_name(config))
         record.artifact_bytes(schema.LAYERS_FIGURE, figure)
-    if setup.minority is not None:
-        table = optional_metrics.class_nc1_csv(features, setup.data.train_y, setup.class_counts, setup.minority)
-        record.artifact_bytes(schema.CLASS_NC1_FILE, table)
+    if class_nc1_table is not None:
+        record.artifact_bytes(schema.CLASS_NC1_FILE, class_nc1_table)
 
 
 def note_start(setup: Setup, record: RunRecord) -> None:
@@ -236,9 +232,9 @@ def prepared(client: MlflowClient, config: RunConfig) -> Setup:
     """The engine's set-up, started from the Phase-1 source for an intervention (ConfigError before any run)."""
     if config.init_from != "none":
         mlflow_run.require_run(client, config.init_from, "init_from")
-    setup = loop.prepare(config, resolve_fn_ref(client, config))
+    setup = run_setup.prepare(config, resolve_fn_ref(client, config))
     if config.init_from != "none":
-        loop.start_from_phase1(setup, load_phase1_source(client, config.init_from), config.init_from)
+        run_setup.start_from_phase1(setup, load_phase1_source(client, config.init_from), config.init_from)
     return setup
 
 
@@ -264,14 +260,14 @@ def refuse_live_run(run: Any, record: RunRecord) -> None:
     """
     if record.exists():
         owner = record.owner()
-        if owner is not None and owner.alive():
+        if owner is not None and owner.is_alive():
             raise ConfigError(f"resume: run {run.info.run_id} is still training ({owner.label()}); stop it first")
         return  # released, or its process is gone: whatever the heartbeat says, nobody trains it
     beat = parse_heartbeat(run.data.tags.get(schema.TAG_HEARTBEAT))
-    if run.info.status == "RUNNING" and beat is not None and time.time() - beat[0] < STALE_AFTER_S:
+    if run.info.status == "RUNNING" and beat is not None and time.time() - beat[0] < RUN_STALE_AFTER_S:
         raise ConfigError(
             f"resume: run {run.info.run_id} is still training (heartbeat {time.time() - beat[0]:.0f} s ago from "
-            f"{beat[1]} pid {beat[2]}); a run is stale {STALE_AFTER_S:.0f} s after its last heartbeat"
+            f"{beat[1]} pid {beat[2]}); a run is stale {RUN_STALE_AFTER_S:.0f} s after its last heartbeat"
         )
 
 
@@ -327,9 +323,9 @@ def resume(
     refuse_live_run(run, RunRecord(root / run_id))
     config = mlflow_run.config_of_run(client, run_id)
     record, state, recorded = resume_state(client, run_id, root, config)
-    setup = loop.prepare(config.replace(init_from="none", rescale_alpha=1.0), run.data.metrics.get(schema.FN_REF))
+    setup = run_setup.prepare(config.replace(init_from="none", rescale_alpha=1.0), run.data.metrics.get(schema.FN_REF))
     setup.config = config
-    loop.restore(setup, state, recorded)
+    run_setup.restore(setup, state, recorded)
     record.claim({"tracking_uri": client.tracking_uri})
     record.status("RUNNING")
     record.tags({schema.TAG_STATUS: schema.STATUS_RUNNING, schema.TAG_FAIL_REASON: ""})

@@ -1,4 +1,5 @@
-"""The numbers behind the four beyond-the-paper studies, computed once per `Estimates` (`Estimates.beyond`).
+"""The numbers behind the four studies beyond the paper, computed once per runs frame and kept
+(`ExtraStudies`; `analysis.aggregate.Estimates.extra_studies` holds one).
 
 - Layer-wise collapse (`--layerwise`, `ncflow sweep layerwise`): per condition and hidden layer, N, the runs whose
   layer reached NC1 < ε (`schema.layer_t_nc`) and their T_NC, the final NC1 and NC2 (the latest `layers/<l>/*`),
@@ -11,8 +12,9 @@
   conditions (the depth family's, else the conditions with most runs).
 
 Conventions as `analysis.aggregate`'s: N counts the used runs (`selection.select`), T_NC and fn* aggregate the
-runs that reached them; a cell is a `stats.Summary`. `analysis.beyond_tables` and `analysis.beyond_figures` read
-these and compute nothing themselves.
+runs that reached them; a cell is a `stats.Summary`. `analysis.extra_study_tables` and
+`analysis.extra_study_figures` read these and compute nothing themselves. The studies need only the runs frame,
+the wide histories and the family selections (`analysis.selection`); `Estimates` hands them its own.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import math
 import re
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,9 +32,6 @@ from analysis import stats
 from analysis.render import arch_label
 from analysis.selection import Selection, column, is_intervention, is_layerwise, select
 from ncshared import schema
-
-if TYPE_CHECKING:  # aggregate imports this module
-    from analysis.aggregate import Estimates
 
 IMBALANCE_METRICS = {  # summary column → the run's metric (its latest value)
     "nc1": schema.NC1, "nc2": schema.NC2, "minority_collapse": schema.MINORITY_COLLAPSE,
@@ -199,23 +198,23 @@ def value_study(selection: Selection, param: str, metrics: Mapping[str, str],
 # ----------------------------------------------------------------------------------- test-set collapse
 
 
-def train_test_panels(estimates: "Estimates") -> tuple[CurvePanel, ...]:
+def train_test_panels(runs: pd.DataFrame, lookup: Mapping[str, pd.DataFrame],
+                      depth_family: Selection) -> tuple[CurvePanel, ...]:
     """Train and test NC1 (columns `train`, `test`), mean over seeds, for up to MAX_PANELS conditions with a
     test-set NC1 history: the depth family's (evenly spread over its depths), else the conditions with most runs."""
-    lookup = estimates.lookup
     has_test = [run_id for run_id, wide in lookup.items()
                 if schema.TEST_NC1 in wide and wide[schema.TEST_NC1].notna().any()]
     if not has_test:
         return ()
     groups: list[tuple[str, pd.DataFrame]] = []
-    depth = estimates.family("depth").used
+    depth = depth_family.used
     depth = depth[depth["run_id"].astype(str).isin(has_test)] if len(depth) else depth
     if len(depth):
         values = sorted(depth["depth"].unique())
         picks = sorted({values[int(round(i))] for i in np.linspace(0, len(values) - 1, min(MAX_PANELS, len(values)))})
         groups = [(arch_label(depth[depth["depth"] == v].iloc[0]), depth[depth["depth"] == v]) for v in picks]
     else:
-        used = select(estimates.runs).used
+        used = select(runs).used
         used = used[used["run_id"].astype(str).isin(has_test) & ~is_intervention(used)]
         if used.empty:
             return ()
@@ -230,28 +229,31 @@ def train_test_panels(estimates: "Estimates") -> tuple[CurvePanel, ...]:
 # ---------------------------------------------------------------------------------------- the studies
 
 
-class Beyond:
-    """The four studies of one `Estimates`, each computed on first use."""
+class ExtraStudies:
+    """The four studies of one runs frame, each computed on first use, from its wide histories
+    (`selection.histories_by_run`) and `family`: the selection of the family varying a param
+    (`selection.family_selection`; `Estimates` passes the ones it keeps, so a family is selected once)."""
 
-    def __init__(self, estimates: "Estimates") -> None:
-        self.estimates = estimates
+    def __init__(self, runs: pd.DataFrame, lookup: Mapping[str, pd.DataFrame],
+                 family: Callable[[str], Selection]) -> None:
+        self.runs = runs
+        self.lookup = lookup
+        self.family = family
 
     @cached_property
     def layerwise(self) -> LayerStudy | None:
-        return layer_study(self.estimates.runs, self.estimates.lookup)
+        return layer_study(self.runs, self.lookup)
 
     @cached_property
     def imbalance(self) -> ValueStudy | None:
         """The family varying `imbalance_ratio` (sweep `imbalance`), per ρ."""
-        family = self.estimates.family("imbalance_ratio")
-        return value_study(family.selection, "imbalance_ratio", IMBALANCE_METRICS)
+        return value_study(self.family("imbalance_ratio"), "imbalance_ratio", IMBALANCE_METRICS)
 
     @cached_property
     def etf(self) -> ValueStudy | None:
         """The family varying `classifier` (sweep `etf`), per head (learned first)."""
-        family = self.estimates.family("classifier")
-        return value_study(family.selection, "classifier", HEAD_METRICS, HEAD_ORDER)
+        return value_study(self.family("classifier"), "classifier", HEAD_METRICS, HEAD_ORDER)
 
     @cached_property
     def train_test(self) -> tuple[CurvePanel, ...]:
-        return train_test_panels(self.estimates)
+        return train_test_panels(self.runs, self.lookup, self.family("depth"))

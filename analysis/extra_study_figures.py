@@ -1,7 +1,7 @@
-"""The beyond-the-paper figures — layer-wise NC1, collapse against class imbalance, train vs test NC1 — drawn
-from `Estimates.beyond` (curves averaged and per-value estimates computed there, not here).
+"""The figures of the studies beyond the paper — layer-wise NC1, collapse against class imbalance, train vs test
+NC1 — drawn from `Estimates.extra_studies` (curves averaged and per-value estimates computed there, not here).
 
-Each `figure_*` returns None when its runs do not exist; `build_beyond_figures` writes the rest as
+Each `figure_*` returns None when its runs do not exist; `build_extra_study_figures` writes the rest as
 `analysis.figures.build_figures` writes the paper's (laid out once, PNG and PDF). `analysis.report` writes both.
 """
 
@@ -18,7 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from analysis.aggregate import Estimates, numeric
-from analysis.beyond import MAX_PANELS, CurvePanel
+from analysis.extra_studies import MAX_PANELS, CurvePanel
 from analysis.figures import FORMATS, save_figure
 from analysis.render import count, fmt_value
 from ncshared.dynamics_figure import add_legend, mark_vertical, new_axes
@@ -43,7 +43,7 @@ def _mark_panel(ax: Axes, panel: CurvePanel) -> None:
 
 def figure_layerwise(estimates: Estimates) -> Figure | None:
     """NC1 of every hidden layer over the epochs (mean over seeds, log y), a panel per layer-wise condition."""
-    study = estimates.beyond.layerwise
+    study = estimates.extra_studies.layerwise
     panels = [c.curves for c in (study.conditions if study else ()) if not c.curves.curves.empty][:MAX_PANELS]
     if not panels:
         return None
@@ -80,7 +80,7 @@ def plot_value_errorbars(numbers: pd.DataFrame, x: str, key: str, ax: Axes, logx
 
 def figure_imbalance(estimates: Estimates) -> Figure | None:
     """Final NC1, NC2, minority collapse and test accuracy against ρ (log x), mean ± std over seeds."""
-    study = estimates.beyond.imbalance
+    study = estimates.extra_studies.imbalance
     if study is None:
         return None
     numbers = numeric(study.summary)
@@ -98,7 +98,7 @@ def figure_imbalance(estimates: Estimates) -> Figure | None:
 
 def figure_train_test_nc1(estimates: Estimates) -> Figure | None:
     """Train and test NC1 over the epochs (mean over seeds, log y) for up to four conditions."""
-    panels = estimates.beyond.train_test
+    panels = estimates.extra_studies.train_test
     if not panels:
         return None
     axes = new_axes(1, len(panels))
@@ -113,8 +113,8 @@ def figure_train_test_nc1(estimates: Estimates) -> Figure | None:
     return axes[0].figure
 
 
-def make_beyond_figures(estimates: Estimates) -> dict[str, Figure]:
-    """Every beyond-the-paper figure whose runs exist, keyed by file stem."""
+def make_extra_study_figures(estimates: Estimates) -> dict[str, Figure]:
+    """Every figure beyond the paper whose runs exist, keyed by file stem."""
     candidates: dict[str, Callable[[Estimates], Figure | None]] = {
         "fig_imbalance": figure_imbalance,
         "fig_layerwise": figure_layerwise,
@@ -123,9 +123,9 @@ def make_beyond_figures(estimates: Estimates) -> dict[str, Figure]:
     return {stem: figure for stem, make in candidates.items() if (figure := make(estimates)) is not None}
 
 
-def build_beyond_figures(estimates: Estimates, out_dir: Path, formats: Sequence[str] = FORMATS) -> list[Path]:
-    """Write every beyond-the-paper figure whose runs exist to `out_dir` in each format; return the paths."""
+def build_extra_study_figures(estimates: Estimates, out_dir: Path, formats: Sequence[str] = FORMATS) -> list[Path]:
+    """Write every figure beyond the paper whose runs exist to `out_dir` in each format; return the paths."""
     paths = []
-    for stem, figure in make_beyond_figures(estimates).items():
+    for stem, figure in make_extra_study_figures(estimates).items():
         paths += save_figure(figure, out_dir, stem, formats)
     return paths

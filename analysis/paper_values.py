@@ -78,7 +78,6 @@ TABLE4 = {
     5e-4: Condition(3, 0.01, None, None, collapsed=0),
 }
 TABLE4_DNF_NC1 = 0.03  # where NC1 stalls at λ = 5e-4
-WD_GRAND_MEAN = {"fn_star": (1.038, 0.066), "t_ci": (0.998, 1.078), "cv": 0.064, "n": 9}
 
 # Table 5: fn* pooled within sweeps (ReLU): (T_NC range, fn* mean ± std); the combined row over 21 runs.
 TABLE5 = {
@@ -104,7 +103,6 @@ TABLE6_EFFECTS = {  # (Δ, relative change)
     "dataset | resnet20": (-4.352, -0.74),
 }
 MULTIPLICATIVE_MISS = 2.32  # a log-additive model under-predicts ResNet-20 / MNIST by 232 %
-RESNET20_T_NC = {"mnist": 110, "cifar10": 660}
 
 # Table 7: width sweep (MLP-5, ReLU, λ = 1e-4, MNIST, ε = 0.01, 3 seeds).
 TABLE7 = {
@@ -114,7 +112,6 @@ TABLE7 = {
     1024: Condition(3, 0.01, (257, 12), (1.080, 0.059), cv=0.054),
 }
 WIDTH_REGRESSION = {"exponent": -0.064, "r2": 0.84, "p": 0.08, "n": 4}  # fn* ∝ width^exponent
-WIDTH_T_NC_PEARSON = {"r": -0.94, "p": 0.056, "n": 4}
 
 # Table 8: intervention (MLP-5, ReLU, λ = 1e-4, MNIST, 3 seeds); fn before rescaling ≈ 16.2.
 TABLE8 = {
@@ -122,7 +119,6 @@ TABLE8 = {
     0.3: InterventionRow(4.9, (317, 6), (1.093, 0.033), 0.22),
     3.0: InterventionRow(48.7, (317, 46), (1.054, 0.049), 0.42),
 }
-INTERVENTION_FN_BEFORE = 16.2
 
 # The early warning (width sweep, 8 confirmed runs): T_NC − T_cross and the rule T_NC ≈ T_cross + 62.
 LEAD_TIME = {"mean": 62, "std": 37, "n": 8, "mae": 24, "mae_range": (10, 78)}

@@ -1,4 +1,5 @@
-"""The beyond-the-paper tables — layer-wise collapse, class imbalance, the fixed ETF head — from `Estimates.beyond`.
+"""The tables of the studies beyond the paper — layer-wise collapse, class imbalance, the fixed ETF head — from
+`Estimates.extra_studies`.
 
 Laid out as the paper's tables are (`analysis.tables`): N in every row, Collapsed k/N, T_NC over the runs that
 reached it (`DNF` for none), mean ± std over seeds (ddof = 1), the run accounting under the table, and the
@@ -13,7 +14,7 @@ from typing import Callable
 import pandas as pd
 
 from analysis.aggregate import Estimates, numeric
-from analysis.beyond import LayerStudy, ValueStudy, threshold_of
+from analysis.extra_studies import LayerStudy, ValueStudy, threshold_of
 from analysis.render import Table, fmt_pm, fmt_threshold, fmt_value
 from analysis.stats import Summary
 from analysis.tables import describe_fixed
@@ -127,12 +128,12 @@ def etf_table(study: ValueStudy | None) -> Table | None:
     return Table(title, pd.DataFrame(rows), [HEAD_NOTE, *study.selection.notes()], numeric(study.summary))
 
 
-def beyond_tables(estimates: Estimates) -> dict[str, Table]:
-    """Every beyond-the-paper table whose runs exist: `table_layerwise`, `table_imbalance`, `table_etf`."""
-    beyond = estimates.beyond
+def build_extra_study_tables(estimates: Estimates) -> dict[str, Table]:
+    """Every table beyond the paper whose runs exist: `table_layerwise`, `table_imbalance`, `table_etf`."""
+    studies = estimates.extra_studies
     builders: dict[str, Callable[[], Table | None]] = {
-        "table_layerwise": lambda: layerwise_table(beyond.layerwise),
-        "table_imbalance": lambda: imbalance_table(beyond.imbalance),
-        "table_etf": lambda: etf_table(beyond.etf),
+        "table_layerwise": lambda: layerwise_table(studies.layerwise),
+        "table_imbalance": lambda: imbalance_table(studies.imbalance),
+        "table_etf": lambda: etf_table(studies.etf),
     }
     return {stem: table for stem, build in builders.items() if (table := build()) is not None}

@@ -1,5 +1,5 @@
-"""analysis.beyond, beyond_tables, beyond_figures and layer_store: the layer-wise, class-imbalance, ETF-head and
-test-set-collapse tables and figures from a real MLflow store, with numbers known by construction.
+"""analysis.extra_studies, extra_study_tables, extra_study_figures and layer_store: the layer-wise, class-imbalance,
+ETF-head and test-set-collapse tables and figures from a real MLflow store, with numbers known by construction.
 
 The fixture runs are logged as training logs them (tests/mlflow_fixtures.py); the layer-wise runs' `layers/<l>/*`
 metrics, layer T_NCs and `layers.csv`, and the imbalanced runs' minority-collapse metrics, are logged on top with
@@ -19,8 +19,8 @@ from mlflow.tracking import MlflowClient
 
 from analysis import catalogue, layer_store, report, store
 from analysis.aggregate import Estimates
-from analysis.beyond_figures import make_beyond_figures
-from analysis.beyond_tables import beyond_tables
+from analysis.extra_study_figures import make_extra_study_figures
+from analysis.extra_study_tables import build_extra_study_tables
 from ncshared import schema as c
 from tests import mlflow_fixtures as fx
 
@@ -78,9 +78,9 @@ def log_layerwise_run(client: MlflowClient, experiment_id: str, seed: int, layer
 
 
 @pytest.fixture(scope="module")
-def beyond_store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+def extra_study_store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """Two layer-wise MLP-7 runs, the imbalance sweep (ρ = 1, 10, 100; 2 seeds) and the ETF sweep (MLP-3)."""
-    root = tmp_path_factory.mktemp("beyond")
+    root = tmp_path_factory.mktemp("extra_studies")
     uri = f"sqlite:///{root}/mlflow.db"
     client = MlflowClient(tracking_uri=uri)
     experiment_id = client.create_experiment(c.DEFAULT_EXPERIMENT, artifact_location=(root / "artifacts").as_uri())
@@ -107,12 +107,12 @@ def beyond_store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def estimates(beyond_store: dict[str, object]) -> Estimates:
-    return Estimates(beyond_store["runs"], beyond_store["histories"])
+def estimates(extra_study_store: dict[str, object]) -> Estimates:
+    return Estimates(extra_study_store["runs"], extra_study_store["histories"])
 
 
 def test_layerwise_table_gives_each_layers_collapse(estimates: Estimates):
-    table = beyond_tables(estimates)["table_layerwise"]
+    table = build_extra_study_tables(estimates)["table_layerwise"]
     frame = table.frame.set_index("Layer")
     assert list(frame.index) == list(range(1, DEPTH + 1)) and "Condition" not in frame.columns  # one condition
     # layer 7: T_NC 25, 27 → 26 ± 1.41; final NC1 0.002, 0.004 → 0.00300 ± 0.00141; NC2 0.5, 0.7 → 0.600 ± 0.141.
@@ -130,7 +130,7 @@ def test_layerwise_table_gives_each_layers_collapse(estimates: Estimates):
 
 
 def test_imbalance_table_gives_minority_collapse_per_ratio(estimates: Estimates):
-    table = beyond_tables(estimates)["table_imbalance"]
+    table = build_extra_study_tables(estimates)["table_imbalance"]
     frame = table.frame.set_index("ρ")
     assert list(frame.index) == ["1", "10", "100"]
     assert frame.loc["1", "Minority collapse"] == "—" and frame.loc["1", "Minority mean collapse"] == "—"
@@ -151,7 +151,7 @@ def test_imbalance_table_gives_minority_collapse_per_ratio(estimates: Estimates)
 
 
 def test_etf_table_gives_t_nc_per_head(estimates: Estimates):
-    table = beyond_tables(estimates)["table_etf"]
+    table = build_extra_study_tables(estimates)["table_etf"]
     frame = table.frame.set_index("Classifier")
     assert list(frame.index) == ["Learned", "Fixed simplex ETF"]
     assert frame.loc["Learned", "T_NC"] == "21 ± 1" and frame.loc["Fixed simplex ETF", "T_NC"] == "16 ± 1"
@@ -162,14 +162,14 @@ def test_etf_table_gives_t_nc_per_head(estimates: Estimates):
     assert data.loc["etf", "T_NC_mean"] == 16.0 and data.loc["learned", "T_NC_mean"] == 21.0
 
 
-def test_the_beyond_sweeps_get_no_generic_sweep_table(estimates: Estimates):
+def test_the_extra_study_sweeps_get_no_generic_sweep_table(estimates: Estimates):
     from analysis.tables import build_tables
 
     assert not {"sweep_imbalance", "sweep_etf", "sweep_layerwise"} & set(build_tables(estimates))
 
 
-def test_layer_histories_come_from_layers_csv_and_the_cache(beyond_store: dict[str, object], monkeypatch):
-    runs, source = beyond_store["runs"], beyond_store["source"]
+def test_layer_histories_come_from_layers_csv_and_the_cache(extra_study_store: dict[str, object], monkeypatch):
+    runs, source = extra_study_store["runs"], extra_study_store["source"]
     layerwise = runs[runs["sweep"] == "layerwise"].sort_values("seed")
     long = layer_store.load_layer_histories(runs, source.tracking_uri, cache_dir=source.cache_dir)
     assert set(long["run_id"]) == set(layerwise["run_id"])  # only the layer-wise runs
@@ -196,7 +196,7 @@ def test_a_run_without_layers_csv_falls_back_to_its_metric_histories(mlflow_stor
 
 
 def test_layerwise_figure_draws_each_layers_mean_nc1(estimates: Estimates):
-    figure = make_beyond_figures(estimates)["fig_layerwise"]
+    figure = make_extra_study_figures(estimates)["fig_layerwise"]
     (ax,) = figure.get_axes()
     lines = {line.get_gid(): line for line in ax.get_lines() if line.get_gid()}
     assert set(lines) == {f"layer {layer}" for layer in range(1, DEPTH + 1)}
@@ -210,7 +210,7 @@ def test_layerwise_figure_draws_each_layers_mean_nc1(estimates: Estimates):
 
 
 def test_imbalance_figure_draws_the_per_ratio_means(estimates: Estimates):
-    figure = make_beyond_figures(estimates)["fig_imbalance"]
+    figure = make_extra_study_figures(estimates)["fig_imbalance"]
     axes = figure.get_axes()
     assert len(axes) == 4 and all(ax.get_xscale() == "log" for ax in axes)
     minority = [line for line in axes[2].get_lines() if line.get_gid() == "minority_collapse"][0]
@@ -218,8 +218,8 @@ def test_imbalance_figure_draws_the_per_ratio_means(estimates: Estimates):
     np.testing.assert_allclose(minority.get_ydata(), [0.2, 0.7])
 
 
-def test_train_test_figure_draws_both_sets_nc1(estimates: Estimates, beyond_store: dict[str, object]):
-    figure = make_beyond_figures(estimates)["fig_train_test_nc1"]
+def test_train_test_figure_draws_both_sets_nc1(estimates: Estimates, extra_study_store: dict[str, object]):
+    figure = make_extra_study_figures(estimates)["fig_train_test_nc1"]
     axes = figure.get_axes()
     assert 1 <= len(axes) <= 4
     for ax in axes:
@@ -229,9 +229,9 @@ def test_train_test_figure_draws_both_sets_nc1(estimates: Estimates, beyond_stor
         assert ax.get_yscale() == "log"
 
 
-def test_report_writes_the_beyond_outputs_with_titles(beyond_store: dict[str, object], tmp_path: Path):
+def test_report_writes_the_extra_study_outputs_with_titles(extra_study_store: dict[str, object], tmp_path: Path):
     out = tmp_path / "report"
-    report.build_report(beyond_store["source"], out, ["md", "csv"], ["png"])
+    report.build_report(extra_study_store["source"], out, ["md", "csv"], ["png"])
     markdown = (out / "report.md").read_text(encoding="utf-8")
     for stem in ("table_layerwise", "table_imbalance", "table_etf"):
         assert f"### {stem}" in markdown and (out / "tables" / f"{stem}.csv").stat().st_size > 0
@@ -255,9 +255,9 @@ def test_a_store_without_these_runs_lists_them_as_not_written(mlflow_store, tmp_
     report.build_report(source, out, ["md"], ["png"])
     markdown = (out / "report.md").read_text(encoding="utf-8")
     section = markdown.split("## Not written", 1)[1]
-    beyond = {"table_layerwise", "table_imbalance", "table_etf", "fig_layerwise", "fig_imbalance"}
+    extra_study_outputs = {"table_layerwise", "table_imbalance", "table_etf", "fig_layerwise", "fig_imbalance"}
     for output in (*catalogue.TABLES, *catalogue.FIGURES):
-        if output.stem in beyond:
+        if output.stem in extra_study_outputs:
             assert f"**{output.title}** (`{output.stem}`): needs {output.needs}; none found." in section
     assert "`ncflow sweep layerwise`" in section and "`ncflow sweep imbalance`" in section
     assert (out / "figures" / "fig_train_test_nc1.png").stat().st_size > 1000  # every run has test/nc1

@@ -1,0 +1,204 @@
+"""Everything the epoch loop needs, built before any MLflow run exists (so bad input creates no run).
+
+Torch only. `prepare` validates a configuration against the world (the data, the device) and builds the model,
+optimiser, schedule and collapse detector at epoch 1; `start_from_phase1` starts the intervention from a Phase-1
+checkpoint; `restore` continues from a resume state. `Sink` is where the loop (`ncflow.engine.loop`) sends its
+outputs: the local run record in `ncflow.tracked.train`, or `NullSink` for benchmarks and machines without MLflow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol
+
+import torch
+
+from ncflow.collapse.detector import CollapseDetector, resolve_threshold
+from ncflow.engine.config import ConfigError
+from ncflow.engine.data import DataUnavailable, InMemoryData, load_dataset
+from ncflow.engine.imbalance import minority_classes, subsample
+from ncflow.engine.models import (
+    build_model,
+    fix_head_to_etf,
+    predict_in_chunks,
+    rescale_final_hidden,
+)
+from ncflow.engine.optional_metrics import imbalanced, optional_metric_names
+from ncshared import schema
+from ncshared.run_config import SOURCE, RunConfig, params_marked
+
+# Fields of a Phase-1 checkpoint's configuration that an intervention run must share with it (marked SOURCE): the
+# model, and the training settings whose state (optimiser moments, schedule position) the checkpoint carries into
+# Phase 2.
+SHARED_WITH_SOURCE_FIELDS = params_marked(SOURCE)
+
+
+class Sink(Protocol):
+    """Where the loop's outputs go. Calls come from the training thread, in epoch order."""
+
+    def epoch(self, epoch: int, row: Mapping[str, float]) -> None: ...  # one per-epoch row
+    def summary(self, metrics: Mapping[str, float]) -> None: ...  # summary metrics known so far
+    def checkpoint(self, name: str, state: Mapping[str, Any]) -> None: ...  # a named checkpoint
+    def state(self, state: Mapping[str, Any]) -> None: ...  # the resume state after the epoch just finished
+
+
+class NullSink:
+    """Keeps nothing: the engine alone (benchmarks, a machine without MLflow)."""
+
+    def epoch(self, epoch: int, row: Mapping[str, float]) -> None:
+        pass
+
+    def summary(self, metrics: Mapping[str, float]) -> None:
+        pass
+
+    def checkpoint(self, name: str, state: Mapping[str, Any]) -> None:
+        pass
+
+    def state(self, state: Mapping[str, Any]) -> None:
+        pass
+
+
+@dataclass
+class Setup:
+    """Everything the loop needs, built before any MLflow run exists (so bad input creates no run)."""
+
+    config: RunConfig
+    device: torch.device
+    data: InMemoryData
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    detector: CollapseDetector
+    batch_order: torch.Generator
+    start_epoch: int = 1
+    history: list[dict[str, float]] = field(default_factory=list)
+    intervention: dict[str, float] = field(default_factory=dict)
+    recorded: dict[int, dict[str, float]] = field(default_factory=dict)  # rows already kept (resume): not re-emitted
+    angles_at_collapse: list[float] | None = None  # class-mean angles at T_NC (not kept across a resume)
+    class_counts: list[int] = field(default_factory=list)  # training samples per class (after any subsample)
+    minority: list[int] | None = None  # under class imbalance, the minority classes
+    epoch_metrics: tuple[str, ...] = schema.PER_EPOCH_METRICS  # what each epoch's row logs (+ the optional ones)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: cuda was asked for but torch sees no CUDA device; use auto or cpu")
+    return torch.device(name)
+
+
+def make_optimizer(model: torch.nn.Module, config: RunConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov and config.momentum > 0,
+        weight_decay=config.weight_decay,
+    )
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: RunConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped once per epoch; cosine anneals over all epochs of both phases."""
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.total_epochs)
+    if config.schedule == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(config.milestones), gamma=config.lr_gamma)
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+def mean_feature_norm(model: torch.nn.Module, inputs: torch.Tensor) -> float:
+    _, features = predict_in_chunks(model, inputs)
+    return features.double().norm(dim=1).mean().item()
+
+
+def prepare(config: RunConfig, fn_ref: float | None = None) -> Setup:
+    """Validate against the world (data, device) and build the training state at epoch 1."""
+    threshold = resolve_threshold(config.nc1_threshold, config.arch, config.depth, config.activation)
+    device = resolve_device(config.device)
+    # Weight decay drives weights and gradients into float32's denormal range late in training, where CPU
+    # arithmetic takes a slow path: 4.9x slower epochs at epoch 200 of the default run (benchmarks/bench_denormal.py).
+    # Flushing them to zero keeps late epochs as fast as early ones. The flag is per thread and pool threads copy it
+    # when created, so it is set here, before the first parallel op of a training process.
+    torch.set_flush_denormal(True)
+    torch.set_float32_matmul_precision(config.matmul_precision)  # process-wide: a pack's members share it
+    try:
+        data = load_dataset(
+            config.dataset,
+            config.data_dir,
+            synthetic_classes=config.synthetic_classes,
+            synthetic_shape=config.synthetic_dims,
+            synthetic_per_class=config.synthetic_per_class,
+        ).to(device)
+    except DataUnavailable as error:
+        raise ConfigError(f"data_dir: {error}") from None
+    data, counts = subsample(data, config.imbalance_ratio, config.imbalance_profile, config.seed)
+    torch.manual_seed(config.seed)
+    model = build_model(
+        config.arch, data.input_shape, data.num_classes, config.depth, config.width, config.activation
+    ).to(device)
+    if config.classifier == "etf":
+        fix_head_to_etf(model, config.seed)  # frozen: Adam/SGD skip parameters without a gradient
+    optimizer = make_optimizer(model, config)
+    return Setup(
+        config=config,
+        device=device,
+        data=data,
+        model=model,
+        optimizer=optimizer,
+        scheduler=make_scheduler(optimizer, config),
+        detector=CollapseDetector(threshold=threshold, fn_ref=fn_ref, lead=config.lead),
+        batch_order=torch.Generator().manual_seed(config.seed),
+        class_counts=counts,
+        minority=minority_classes(data.num_classes) if imbalanced(config) else None,
+        epoch_metrics=(*schema.PER_EPOCH_METRICS, *optional_metric_names(config)),
+    )
+
+
+def start_from_phase1(setup: Setup, state: Mapping[str, Any], source_run: str) -> None:
+    """The intervention: continue from a source run's end-of-Phase-1 state, final hidden layer scaled by α."""
+    config = setup.config
+    source = state["config"]
+    for name in SHARED_WITH_SOURCE_FIELDS:
+        if source[name] != config.as_params()[name]:
+            raise ConfigError(
+                f"init_from: run {source_run} has {name}={source[name]}, this run has {name}={config.as_params()[name]}"
+            )
+    setup.model.load_state_dict(state["model"])
+    setup.optimizer.load_state_dict(state["optimizer"])
+    setup.scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])  # α = 1 then continues the source run exactly
+    setup.batch_order.set_state(state["batch_order_rng"])
+    setup.start_epoch = int(state["epoch"]) + 1
+    train_x = setup.data.train_x
+    fn_before = mean_feature_norm(setup.model, train_x)
+    rescale_final_hidden(setup.model, config.rescale_alpha)
+    setup.intervention = {
+        schema.INTERVENTION_FN_BEFORE: fn_before,
+        schema.INTERVENTION_FN_AFTER: mean_feature_norm(setup.model, train_x),
+    }
+
+
+def restore(setup: Setup, state: Mapping[str, Any], recorded: Mapping[int, Mapping[str, float]] | None = None) -> None:
+    """Continue from a resume state: weights, optimiser, schedule, RNG, history; the detector replays the history.
+
+    `recorded`: rows of later epochs already kept (they were logged before the process died); the loop
+    retrains those epochs to rebuild the state, but keeps these rows instead of emitting new ones.
+    """
+    setup.model.load_state_dict(state["model"])
+    setup.optimizer.load_state_dict(state["optimizer"])
+    setup.scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    setup.batch_order.set_state(state["batch_order_rng"])
+    setup.history = [dict(row) for row in state["history"]]
+    for row in setup.history:
+        update_detector(setup, row)
+    setup.start_epoch = int(state["epoch"]) + 1
+    setup.recorded = {int(epoch): dict(row) for epoch, row in (recorded or {}).items() if int(epoch) >= setup.start_epoch}
+
+
+def update_detector(setup: Setup, row: Mapping[str, float]) -> list[str]:
+    metrics = {"nc1": row[schema.NC1], "fn": row[schema.FN]}
+    return setup.detector.update(int(row[schema.HISTORY_EPOCH]), int(row[schema.PHASE]), metrics, row[schema.TRAIN_LOSS])
