@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sqlite3
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import click
 import pandas as pd
+import sqlalchemy.exc
 from mlflow.exceptions import MlflowException
 
 from analysis import report as reporting
@@ -25,20 +27,25 @@ from analysis import store
 from analysis.report import MANIFEST, Source
 from analysis.selection import column
 from ncshared import schema
+from ncshared.bad_input import BadInput, OneLineErrors, require_writable_dir
+from ncshared.mlflow_env import StoreUnavailable, open_store, store_failure
 
 TABLE_FORMATS = ("md", "csv", "tex")
 FIGURE_FORMATS = ("png", "pdf")
 
 
 @contextlib.contextmanager
-def clean_errors() -> Iterator[None]:
-    """Turn store and MLflow errors into click's one-line `Error: …` and exit status 1."""
+def clean_errors(source: Source) -> Iterator[None]:
+    """Turn store and MLflow errors into click's one-line `Error: …`: exit status 2 for a store that cannot be read
+    (a database damaged beyond what `open_store` saw at the start), 1 for the rest."""
     try:
         yield
     except store.StoreError as error:
         raise click.ClickException(str(error)) from None
     except MlflowException as error:
         raise click.ClickException(store.first_line(error)) from None
+    except (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error) as error:
+        raise BadInput(str(store_failure(source.uri, error))) from None
 
 
 def parse_formats(text: str, allowed: Sequence[str], flag: str = "--format") -> tuple[str, ...]:
@@ -69,21 +76,28 @@ def source_options(command: Callable[..., Any]) -> Callable[..., Any]:
     @click.option("--sweep", default=None, metavar="NAME",
                   help=f"Only runs of this sweep (tag {schema.TAG_SWEEP}); `all`: every run.")
     @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                  help="History cache (default: $NCFLOW_ANALYSIS_CACHE or ~/.cache/ncflow-analysis).")
+                  help="History cache (default: $NCFLOW_ANALYSIS_CACHE or ~/.cache/ncflow-analysis).",
+                  callback=lambda ctx, param, value: value and require_writable_dir(value, "--cache-dir"))
     @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar while fetching.")
     @functools.wraps(command)
     def wrapper(tracking_uri: str | None, experiment: str | None, sweep: str | None, cache_dir: Path | None,
                 progress: bool, **kwargs: Any) -> Any:
         sweep = None if sweep in (None, "", "all") else sweep  # `all` (MLproject's default): every run
         experiment = None if experiment in (None, "", "all") else experiment
+        try:
+            open_store(tracking_uri)  # before any work: a bad URI, a silent server, a damaged database
+        except StoreUnavailable as error:
+            raise BadInput(str(error)) from None
         return command(Source(tracking_uri, experiment, sweep, cache_dir, progress), **kwargs)
 
     return wrapper
 
 
 def out_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """`--out DIR`, checked writable (created when missing) as the command starts, before the store is read."""
     return click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("report"),
-                        show_default=True, help="Output directory.")(command)
+                        show_default=True, help="Output directory.",
+                        callback=lambda ctx, param, value: require_writable_dir(value, "--out"))(command)
 
 
 def runs_listing(frame: pd.DataFrame) -> str:
@@ -103,7 +117,7 @@ def runs_listing(frame: pd.DataFrame) -> str:
 # ----------------------------------------------------------------------------------------- commands
 
 
-@click.group()
+@click.group(cls=OneLineErrors)
 @click.version_option(package_name="ncflow", prog_name="ncflow-analysis")
 def main() -> None:
     """Tables, figures and reports of ncflow's neural-collapse runs, read from an MLflow tracking store."""
@@ -116,7 +130,7 @@ def runs(source: Source) -> None:
 
     Example: ncflow-analysis runs --sweep depth
     """
-    with clean_errors():
+    with clean_errors(source):
         frame = reporting.read_runs(source)
     click.echo(runs_listing(frame))
 
@@ -130,7 +144,7 @@ def tables(source: Source, out: Path, formats: tuple[str, ...]) -> None:
 
     Example: ncflow-analysis tables --out report --format md,tex
     """
-    with clean_errors():
+    with clean_errors(source):
         written = reporting.write_tables(reporting.read_estimates(source), out, formats)
     for _, paths in written.values():
         click.echo("\n".join(str(path) for path in paths))
@@ -146,7 +160,7 @@ def figures(source: Source, out: Path, formats: tuple[str, ...]) -> None:
 
     Example: ncflow-analysis figures --out report --format png
     """
-    with clean_errors():
+    with clean_errors(source):
         paths = reporting.write_figures(reporting.read_estimates(source), out, formats)
     click.echo("\n".join(str(path) for path in paths))
 
@@ -175,7 +189,7 @@ def report(source: Source, out: Path, formats: tuple[str, ...], figure_formats: 
     reads only the run list and rewrites nothing. A run still RUNNING always rebuilds;
     --force rebuilds regardless.
     """
-    with clean_errors():
+    with clean_errors(source):
         outcome = reporting.build_report(source, out, formats, figure_formats, force, compare == "paper")
         click.echo(outcome.describe())
         if log_run:

@@ -31,7 +31,7 @@ from ncshared import run_config, schema
 DESIGN_PARAMS = run_config.params_marked(run_config.DESIGN)
 USED = (schema.STATUS_COLLAPSED, schema.STATUS_NOT_COLLAPSED)
 UNFINISHED = (schema.STATUS_FAILED, schema.STATUS_RUNNING)
-DIVERGENCE_RULE = "NC1 > 0.5 after epoch 300, or a non-finite loss"
+DIVERGENCE_RULE = "NC1 > 0.5 after epoch 300, or a non-finite loss or training-set metric"
 EPOCH = schema.HISTORY_EPOCH
 
 # Sweep names (the sweep tag) that identify each family, keyed by the param the family varies (`"grid"` for the

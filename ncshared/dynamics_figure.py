@@ -25,6 +25,7 @@ from ncshared.schema import (
     NC2,
     NC3,
     PHASE,
+    STATUS_DIVERGED,
     T_NC,
     TEST_ACC,
     TEST_NC1,
@@ -69,7 +70,18 @@ def run_value(run: Run, key: str) -> float:
 
 
 def _series(history: pd.DataFrame, metric: str) -> pd.Series:
-    return history[metric].dropna() if metric in history.columns else pd.Series(dtype=float)
+    """A metric's finite values by epoch: NaN and ±inf (a diverged run's last epochs) are not drawn."""
+    if metric not in history.columns:
+        return pd.Series(dtype=float)
+    values = pd.to_numeric(history[metric], errors="coerce")
+    return values[np.isfinite(values.to_numpy(dtype=float))]
+
+
+def _divergence_epoch(history: pd.DataFrame, run: Run) -> float:
+    """The epoch a diverged run stopped at (its last: training ends where it diverges), or NaN."""
+    if run.get("status") != STATUS_DIVERGED or history.empty:
+        return math.nan
+    return float(history.index.max())
 
 
 def _by_epoch(history: pd.DataFrame) -> pd.DataFrame:
@@ -118,7 +130,8 @@ def plot_dynamics(history: pd.DataFrame, run: Run, axes: Sequence[Axes] | None =
 
     `history` is wide: one row per epoch (an `epoch` column, as training's per-epoch records, or the epoch
     index of `analysis.selection.histories_by_run`), one column per metric key. `run` holds the run's params
-    and summary metrics (and `run_name` for the title). Returns the 4 Axes.
+    and summary metrics (and `run_name` for the title; `status` and `divergence_reason` for a diverged run, whose
+    last epoch is marked and whose non-finite values are left out). Returns the 4 Axes.
     """
     wide = _by_epoch(history)
     axes = new_axes(2, 2) if axes is None else np.asarray(axes).ravel()
@@ -153,9 +166,14 @@ def plot_dynamics(history: pd.DataFrame, run: Run, axes: Sequence[Axes] | None =
     if len(series) and (series > 0).all():
         fn.set_yscale("log")  # Phase 1's norms are often 10× fn*: a linear axis flattens the approach to it
     fn.set(title="(d) Mean feature norm (log)", xlabel="epoch", ylabel="fn")
+    diverged = _divergence_epoch(wide, run)
     for ax in axes[:4]:
         mark_vertical(ax, switch, "CE → MSE", "--", "0.5")
         mark_vertical(ax, t_nc, f"T_NC = {t_nc:.0f}" if not math.isnan(t_nc) else "", ":", "C3")
+        mark_vertical(ax, diverged, f"diverged (epoch {diverged:.0f})", "-.", "C3")
         add_legend(ax)
-    axes[0].figure.suptitle(str(run.get("run_name", "")))
+    title, reason = str(run.get("run_name", "")), run.get("divergence_reason")
+    if not math.isnan(diverged) and isinstance(reason, str) and reason:
+        title += f"\ndiverged: {reason}"
+    axes[0].figure.suptitle(title)
     return axes

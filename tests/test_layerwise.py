@@ -118,6 +118,7 @@ SMALL = {"dataset": "synthetic", "synthetic_classes": "4", "synthetic_shape": "1
 
 def test_a_crashed_layerwise_imbalanced_run_resumes_to_the_uninterrupted_history(tmp_path, monkeypatch, crash_measure):
     from ncflow.engine.config import build_config
+    from ncflow.tracked import resume as resuming
     from ncflow.tracked import train as training
 
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
@@ -129,7 +130,7 @@ def test_a_crashed_layerwise_imbalanced_run_resumes_to_the_uninterrupted_history
     client = MlflowClient(store)
     (run,) = client.search_runs([client.get_experiment_by_name("ncflow").experiment_id])
     restore()
-    resumed = training.resume(run.info.run_id, tracking_uri=store, progress=False, record_dir=tmp_path / "records")
+    resumed = resuming.resume(run.info.run_id, tracking_uri=store, progress=False, record_dir=tmp_path / "records")
     straight = training.train(config, progress=False, record_dir=tmp_path / "records")
     timeless = [[{k: v for k, v in row.items() if k != "time/epoch_s"} for row in result.history]
                 for result in (resumed, straight)]

@@ -8,6 +8,7 @@ from mlflow.tracking import MlflowClient
 from ncflow.cli.main import main
 from ncflow.engine import loop, pack, run_setup
 from ncflow.engine.config import ConfigError, build_config
+from ncflow.tracked import resume as resuming
 from ncflow.tracked import train as training
 from ncflow.tracked.pack_train import train_pack
 from ncshared import schema
@@ -181,7 +182,7 @@ def test_a_crashed_pack_leaves_every_member_resumable_alone(tmp_path, monkeypatc
     assert sorted(run.info.status for run in runs) == ["FAILED"] * 3
     assert {run.data.tags[schema.TAG_FAIL_REASON] for run in runs} == {"RuntimeError: simulated crash"}
     by_seed = {run.data.params["seed"]: run.info.run_id for run in runs}
-    resumed = training.resume(by_seed["1"], tracking_uri=store, progress=False, record_dir=tmp_path / "records")
+    resumed = resuming.resume(by_seed["1"], tracking_uri=store, progress=False, record_dir=tmp_path / "records")
     alone = training.train(member_configs[1].replace(tracking_uri=f"sqlite:///{tmp_path / 'alone.db'}"),
                            progress=False, record_dir=tmp_path / "records")
     assert [row["epoch"] for row in resumed.history] == [1, 2, 3, 4, 5, 6]

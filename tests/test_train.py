@@ -7,6 +7,7 @@ from mlflow.tracking import MlflowClient
 
 from ncflow.engine.config import build_config
 from ncflow.tracked import artifacts, mlflow_run
+from ncflow.tracked import resume as resuming
 from ncflow.tracked import train as training
 
 SMALL = {
@@ -99,7 +100,7 @@ def test_crash_leaves_failed_run_with_reason_and_resume_completes_it(store, cras
     assert state["epoch"] == 4 and len(state["history"]) == 4  # the crash lost no finished epoch
 
     restore()
-    resumed = training.resume(run.info.run_id, tracking_uri=store, progress=False)
+    resumed = resuming.resume(run.info.run_id, tracking_uri=store, progress=False)
     uninterrupted = training.train(reference, progress=False)
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
     assert [row["epoch"] for row in resumed.history] == [1, 2, 3, 4, 5, 6]
@@ -176,7 +177,7 @@ def test_resuming_a_run_that_had_already_stopped_trains_nothing_more(store, monk
     experiment_id = client.get_experiment_by_name("ncflow").experiment_id
     (run,) = client.search_runs([experiment_id], "params.seed = '5' and attributes.status = 'FAILED'")
     monkeypatch.undo()
-    resumed = training.resume(run.info.run_id, tracking_uri=store, progress=False)
+    resumed = resuming.resume(run.info.run_id, tracking_uri=store, progress=False)
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
     assert [row["epoch"] for row in resumed.history] == list(range(1, resumed.t_nc + 1))
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "nc/nc1")]

@@ -126,7 +126,7 @@ def test_boolean_fields_are_flags_and_the_mlproject_form_takes_a_value(store):
     [
         ("--depth", "0", "depth: expected an integer from 1 to 64, got 0"),
         ("--activation", "swish", "activation: 'swish' is not one of relu, gelu, tanh"),
-        ("--weight-decay", "-1", "weight_decay: expected a number >= 0, got -1.0"),
+        ("--weight-decay", "-1", "weight_decay: expected a finite number >= 0, got -1.0"),
         ("--nc1-threshold", "2", "nc1_threshold: expected auto or a number in (0, 1), got '2'"),
         ("--init-from", "0123456789abcdef", "init_from: no MLflow run '0123456789abcdef'"),
         ("--dataset", "imagenet", "dataset: 'imagenet' is not one of"),

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from pathlib import Path
 
 import click
 
-from ncflow.cli.options import InputError, TrainCommand, WholeNumber, config_options, merge_value_forms, option_name
+from ncflow.cli.options import (
+    InputError,
+    Seconds,
+    TrainCommand,
+    WholeNumber,
+    config_options,
+    merge_value_forms,
+    option_name,
+)
+from ncflow.cli.writable_paths import check_storage_dir, check_writable_paths
 from ncflow.engine.config import PRESETS, ConfigError, build_config
+from ncshared.bad_input import OneLineErrors, require_writable_dir
+from ncshared.run_config import RunConfig
 
 
-@click.group()
+@click.group(cls=OneLineErrors)
 @click.version_option(package_name="ncflow")
 def main() -> None:
     """Neural-collapse dynamics experiments, tracked in MLflow."""
@@ -61,7 +72,7 @@ RESUME_OPTIONS = ("tracking_uri",)
 )
 @click.option(
     "--ship-timeout",
-    type=click.FloatRange(min=0),
+    type=Seconds(),
     default=60.0,
     show_default=True,
     metavar="SECONDS",
@@ -92,7 +103,9 @@ def train(
       ncflow train --preset paper-mnist-mlp --dataset mnist-5k --seeds 0,1,2
     """
     require_training_stack("train")
+    from ncflow.record.local_record import RecordDiskFull
     from ncflow.tracked import mlflow_run
+    from ncflow.tracked import resume as resuming
     from ncflow.tracked import train as training  # torch loads only when training
 
     options = merge_value_forms(options)
@@ -105,7 +118,8 @@ def train(
                 extra.append("--seeds")
             if extra:
                 raise ConfigError(f"resume: takes no training options (the run's own are used); got {', '.join(extra)}")
-            results = [training.resume(
+            check_writable_paths(record_dir)
+            results = [resuming.resume(
                 resume_run_id, tracking_uri=options.get("tracking_uri") or "", progress=not quiet, force=force,
                 record_dir=record_dir, ship_timeout_s=ship_timeout,
             )]
@@ -113,14 +127,29 @@ def train(
             if force:
                 raise ConfigError("force: only applies with --resume RUN_ID")
             config = build_config(preset, {name: value for name, value in options.items() if value is not None})
+            configs = [config] if seeds is None else seed_configs(config, seeds, options.get("seed"))
+            check_writable_paths(record_dir, configs)
             if seeds is not None:
-                results = train_seeds(config, seeds, options.get("seed"), not quiet, record_dir, ship_timeout)
+                from ncflow.tracked.pack_train import train_pack
+
+                results = train_pack(configs, progress=not quiet, record_dir=record_dir, ship_timeout_s=ship_timeout)
             else:
                 results = [training.train(config, progress=not quiet, record_dir=record_dir,
                                           ship_timeout_s=ship_timeout)]
     except ConfigError as error:
         mlflow_run.fail_adopted_run(str(error))
         raise InputError(str(error)) from None
+    except InputError as error:
+        mlflow_run.fail_adopted_run(error.message)
+        raise
+    except KeyboardInterrupt as error:  # Ctrl-C, SIGTERM, SIGHUP: the runs it ended are KILLED and resumable
+        from ncflow.record.signals import stopped_line
+
+        where = {"--tracking-uri": options.get("tracking_uri"), "--record-dir": record_dir}
+        resume_options = {flag: value for flag, value in where.items() if value}
+        raise click.ClickException(stopped_line(error, resume_options)) from None
+    except RecordDiskFull as error:  # not bad input (exit 1): the run's failure path ran; one line says what happened
+        raise click.ClickException(error.one_line()) from None
     from ncflow.tracked.messages import end_message
 
     for result in results:
@@ -128,19 +157,16 @@ def train(
             click.echo("\n".join(end_message(result.place, result.status, result.t_nc, result.fn_star)))
 
 
-def train_seeds(config: Any, seeds: str, seed: str | None, progress: bool, record_dir: str | None,
-                ship_timeout: float) -> list[Any]:
-    """`ncflow train --seeds 0,1,2`: one pack, one run per seed."""
+def seed_configs(config: RunConfig, seeds: str, seed: str | None) -> list[RunConfig]:
+    """`ncflow train --seeds 0,1,2`: the pack's members, one per seed (each seed once)."""
     from ncflow.sweeps.grids import parse_seeds
-    from ncflow.tracked.pack_train import train_pack
 
     if seed is not None:
         raise ConfigError("seeds: give --seeds or --seed, not both")
     chosen = parse_seeds(seeds) or ()
     if not chosen:
         raise ConfigError(f"seeds: expected comma-separated integers like 0,1,2, got {seeds!r}")
-    configs = [config.replace(seed=member) for member in chosen]
-    return train_pack(configs, progress=progress, record_dir=record_dir, ship_timeout_s=ship_timeout)
+    return [config.replace(seed=member) for member in chosen]
 
 
 @main.command()
@@ -164,11 +190,16 @@ def runs(stale: bool, tracking_uri: str | None, record_dir: str | None) -> None:
     if not found:
         click.echo(f"no stale runs in {client.tracking_uri}")
         return
-    click.echo(f"{'run':<32}  {'name':<36} {'experiment':<12} {'silent':>8}  {'last owner':<22} unsent")
+    click.echo(f"{'run':<32}  {'name':<36} {'experiment':<12} {'silent':>8}  {'last owner':<22} {'unsent':<15} resumable")
     for run in found:
         unsent = "no local record" if run.unsent is None else str(run.unsent)
-        click.echo(f"{run.run_id:<32}  {run.run_name:<36} {run.experiment:<12} {run.silent_s:>7.0f}s  {run.owner:<22} {unsent}")
-    click.echo("continue one with: ncflow train --resume RUN_ID" + (f" --tracking-uri {tracking_uri}" if tracking_uri else ""))
+        click.echo(f"{run.run_id:<32}  {run.run_name:<36} {run.experiment:<12} {run.silent_s:>7.0f}s  {run.owner:<22} "
+                   f"{unsent:<15} {'yes' if run.resume.resumable else 'no'}")
+    for run in found:
+        if not run.resume.resumable:
+            click.echo(f"run {run.run_id} cannot be resumed: it {run.resume.why}")
+    if any(run.resume.resumable for run in found):
+        click.echo("continue one with: ncflow train --resume RUN_ID" + (f" --tracking-uri {tracking_uri}" if tracking_uri else ""))
 
 
 @main.command()
@@ -245,20 +276,23 @@ def sweep(
     from ncflow.sweeps.grids import lookup_sweep, parse_seeds, parse_settings, resolve_points, with_seeds
     from ncflow.sweeps.plan import DONE, counts_line
     from ncflow.sweeps.storage import storage_kind, storage_url
-    from ncshared.mlflow_env import resolve_tracking_uri
+    from ncflow.tracked import mlflow_run
 
     try:
         definition = with_seeds(lookup_sweep(name, spec), parse_seeds(seeds))
         overrides = parse_settings(settings)
         if dataset is not None and dataset.strip().lower() != "none":
             overrides["dataset"] = dataset
-        uri = resolve_tracking_uri(tracking_uri)
+        uri = mlflow_run.client_for_uri(tracking_uri).tracking_uri  # the store checked: one line if unusable
         overrides["experiment"] = experiment or coordinator.default_experiment(uri)
         overrides["tracking_uri"] = uri
         points = resolve_points(definition, overrides)
         run = coordinator.SweepRun(definition, overrides, storage_url(storage), uri, overrides["experiment"], workers,
                               not quiet, parse_pack(pack))
         storage_kind(run.storage)
+        if not dry_run:  # what the sweep writes: the storage, the workers' run records, downloaded data
+            check_storage_dir(run.storage)
+            check_writable_paths(None, [point.config for point in points])
     except ConfigError as error:
         raise InputError(str(error)) from None
     if dry_run:
@@ -298,7 +332,6 @@ def reproduce(
     Example: ncflow reproduce --dataset mnist-5k --dry-run
     """
     require_training_stack("reproduce")
-    from pathlib import Path
 
     from ncflow.sweeps import coordinator
     from ncflow.sweeps import reproduce as program
@@ -317,6 +350,10 @@ def reproduce(
         journal = storage_url(storage)
         storage_kind(journal)
         points_per_pack = parse_pack(pack)
+        if not dry_run:  # what the program writes: the storage, the run records, downloaded data, the report
+            check_storage_dir(journal)
+            check_writable_paths(None, [item.point.config for item in planned if not item.skipped])
+            require_writable_dir(out, "--out")
     except ConfigError as error:
         raise InputError(str(error)) from None
     done = program.done_points(planned, uri, overrides["experiment"])

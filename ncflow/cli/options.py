@@ -3,7 +3,8 @@
 Values stay strings until `ncflow.engine.config.build_config` parses and validates them, so a bad value gets ncflow's
 one-line error (exit 2) instead of click's usage block; the metavars still say the type (INTEGER, FLOAT,
 [relu|gelu|tanh]). A boolean field is a flag pair (`--nesterov/--no-nesterov`); the MLproject, which can only
-substitute values, passes it as `--nesterov-value true|false` (hidden from the help).
+substitute values, passes it as `--nesterov-value true|false` (hidden from the help). The command lines' own number
+options (`--workers`, `--ship-timeout`) are `CheckedNumber`s, refused the same way (nan and inf included).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, Callable
 import click
 
 from ncshared import schema
+from ncshared.bad_input import BadInput
 from ncshared.run_config import RunConfig, field_choices, field_help, format_value
 
 # The fields that take one of a few words: their CHOICES marks, and `checkpoints`, whose words the schema defines.
@@ -114,23 +116,49 @@ class TrainCommand(GroupedCommand):
     option_groups = TRAIN_GROUPS
 
 
-class InputError(click.ClickException):
-    """Bad input: one line `Error: …` and exit code 2, before any work or run starts."""
-
-    exit_code = 2
+InputError = BadInput  # bad input: one line `Error: …` and exit code 2, before any work or run starts
 
 
-class WholeNumber(click.ParamType):
-    """A positive whole number that also takes MLflow's float form (`-P workers=2` arrives as `2.0`)."""
+class CheckedNumber(click.ParamType):
+    """A number option that is refused like a RunConfig value: one line naming it and what it takes (exit 2)."""
 
-    name = "integer"
+    expected = "a number"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+    def accepts(self, number: float) -> bool:
+        return math.isfinite(number)
+
+    def result(self, number: float) -> Any:
+        return number
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         try:
             number = float(value)
         except (TypeError, ValueError):
             number = math.nan
-        if not (number.is_integer() and number >= 1):
+        if not self.accepts(number):
             name = param.name if param is not None else "value"
-            raise InputError(f"{name}: expected a whole number >= 1, got {value!r}")
+            raise InputError(f"{name}: expected {self.expected}, got {value!r}")
+        return self.result(number)
+
+
+class WholeNumber(CheckedNumber):
+    """A positive whole number that also takes MLflow's float form (`-P workers=2` arrives as `2.0`)."""
+
+    name = "integer"
+    expected = "a whole number >= 1"
+
+    def accepts(self, number: float) -> bool:
+        return number.is_integer() and number >= 1
+
+    def result(self, number: float) -> int:
         return int(number)
+
+
+class Seconds(CheckedNumber):
+    """A finite number of seconds >= 0 (click's FloatRange lets nan and inf through)."""
+
+    name = "seconds"
+    expected = "a finite number of seconds >= 0"
+
+    def accepts(self, number: float) -> bool:
+        return math.isfinite(number) and number >= 0

@@ -5,8 +5,10 @@ Rules (Rupa, arXiv:2604.00230, Sections 2.2, 5.3 and 5.6; docs/metrics.md):
   recorded for every ε in REPORTED_THRESHOLDS, so fn*'s sensitivity to ε can be checked (the paper's Table 1).
 - ε = `nc1_threshold`: a number in (0, 1), or "auto": 0.05 for GELU/Tanh or an MLP of depth ≤ 3, else 0.01.
 - Given fn_ref, T_cross is the first Phase-2 epoch with fn < fn_ref, and the prediction is T_cross + lead.
-- Diverged: a non-finite loss, NC1 or fn, or NC1 > 0.5 at an epoch after 300. A NaN NC1 never counts as collapse,
-  and once diverged the detector stays diverged and ignores later epochs.
+- Diverged: a non-finite loss, NC1, fn or any other metric `update` is given (the training set's: every `nc/*` and
+  `layers/*` value; the test set's are not given, as they are NaN by design when it lacks a class), or NC1 > 0.5 at an
+  epoch after 300. A NaN NC1 never counts as collapse, and once diverged the detector stays diverged and ignores
+  later epochs; `divergence_epoch` is the epoch it diverged at.
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ class CollapseDetector:
     divergence_nc1: float = 0.5  # NC1 above this ...
     divergence_after: int = 300  # ... at a global epoch after this one means divergence
     diverged: bool = field(default=False, init=False)
-    divergence_reason: str | None = field(default=None, init=False)
+    divergence_reason: str | None = field(default=None, init=False)  # why, ending "at epoch N"
+    divergence_epoch: int | None = field(default=None, init=False)
     t_cross: int | None = field(default=None, init=False)  # first Phase-2 epoch with fn < fn_ref
     last_epoch: int | None = field(default=None, init=False)  # the latest epoch passed to update()
     _first_below: dict[float, tuple[int, float]] = field(default_factory=dict, init=False, repr=False)
@@ -97,16 +100,17 @@ class CollapseDetector:
         Args:
             epoch: 1-based global epoch (Phase 1 included), larger than any earlier one.
             phase: 1 (cross-entropy) or 2 (MSE); only Phase-2 epochs can set T_cross.
-            metrics: at least "nc1" and "fn" (as returned by ncflow.collapse.metrics.collapse_metrics).
+            metrics: at least "nc1" and "fn" (as returned by ncflow.collapse.metrics.collapse_metrics); any other
+                value given is checked too: a non-finite one is divergence.
             loss: the epoch's training loss.
         """
         nc1, fn = self._check_update(epoch, phase, metrics)
         self.last_epoch = epoch
         if self.diverged:
             return []
-        reason = self._divergence(epoch, nc1, fn, loss)
+        reason = self._divergence(epoch, nc1, fn, loss, metrics)
         if reason is not None:
-            self.diverged, self.divergence_reason = True, reason
+            self.diverged, self.divergence_reason, self.divergence_epoch = True, reason, epoch
             return [DIVERGED]
         events = []
         if self._record_collapse(epoch, nc1, fn):
@@ -126,11 +130,11 @@ class CollapseDetector:
             raise ValueError(f"metrics: missing {missing}; got keys {sorted(metrics)}")
         return float(metrics["nc1"]), float(metrics["fn"])
 
-    def _divergence(self, epoch: int, nc1: float, fn: float, loss: float) -> str | None:
-        """Why this epoch counts as divergence, or None."""
-        for name, value in (("loss", loss), ("nc1", nc1), ("fn", fn)):
-            if not math.isfinite(value):
-                return f"non-finite {name} ({value}) at epoch {epoch}"
+    def _divergence(self, epoch: int, nc1: float, fn: float, loss: float, metrics: Mapping[str, float]) -> str | None:
+        """Why this epoch counts as divergence, or None: loss, NC1 and fn first, then the other metrics in order."""
+        for name, value in (("loss", loss), ("nc1", nc1), ("fn", fn), *metrics.items()):
+            if not math.isfinite(float(value)):
+                return f"non-finite {name} ({float(value)}) at epoch {epoch}"
         if nc1 > self.divergence_nc1 and epoch > self.divergence_after:
             return f"nc1={nc1:.4g} > {self.divergence_nc1} at epoch {epoch} (after epoch {self.divergence_after})"
         return None

@@ -58,17 +58,30 @@ def parse_field(name: str, raw: Any) -> Any:
         if kind == "bool":
             return raw if isinstance(raw, bool) else _parse_bool(name, raw_text)
         if kind == "int":
-            number = float(raw_text)  # MLflow passes `7` from MLproject as `7` or `7.0`
-            if not number.is_integer():
-                raise ValueError
-            return int(number)
+            return _whole_number(raw_text)
         if kind == "float":
             return float(raw_text)
         if kind == "tuple[int, ...]":
-            return tuple(int(part) for part in raw_text.replace(" ", "").split(",") if part)
+            return tuple(_whole_number(part) for part in raw_text.replace(" ", "").split(",") if part)
     except ValueError:
-        raise ConfigError(f"{name}: expected {kind}, got {raw!r}") from None
+        raise ConfigError(f"{name}: expected {KIND_WORDS.get(str(kind), kind)}, got {raw!r}") from None
     return raw_text
+
+
+KIND_WORDS = {  # what a field's type is called in an error message
+    "int": "a whole number", "float": "a number", "tuple[int, ...]": "comma-separated whole numbers like 300,450",
+}
+
+
+def _whole_number(text: str) -> int:
+    """`7`, and MLflow's float forms `7.0` and `1e3` (MLproject passes integers either way); ValueError otherwise."""
+    try:
+        return int(text)  # exact, also beyond 2**53
+    except ValueError:
+        number = float(text)
+        if not number.is_integer():  # also nan and ±inf
+            raise ValueError(text) from None
+        return int(number)
 
 
 def build_config(preset: str | None = None, overrides: Mapping[str, Any] | None = None) -> RunConfig:
@@ -87,6 +100,14 @@ def build_config(preset: str | None = None, overrides: Mapping[str, Any] | None 
 
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
 MAX_COUNT = 10**7  # epochs, batch sizes, samples: far beyond any real run, well inside every integer type
+
+
+def _shown(number: int) -> str:
+    """An integer for a message: as it is, or as `1.000e+300` when it has more than 20 digits."""
+    digits = str(abs(number))
+    if len(digits) <= 20:
+        return str(number)
+    return f"{'-' if number < 0 else ''}{digits[0]}.{digits[1:4]}e+{len(digits) - 1}"
 
 
 def _require(condition: bool, message: str) -> None:
@@ -113,33 +134,34 @@ def validate(config: RunConfig) -> None:
     """Raise ConfigError (one line, naming the parameter) for the first value that is not allowed."""
     for name, allowed in field_choices().items():
         _choice(name, getattr(config, name), allowed)
-    _require(1 <= config.depth <= 64, f"depth: expected an integer from 1 to 64, got {config.depth}")
-    _require(1 <= config.width <= 65536, f"width: expected a positive integer, got {config.width}")
-    _require(config.lr > 0 and math.isfinite(config.lr), f"lr: expected a positive number, got {config.lr}")
+    _require(1 <= config.depth <= 64, f"depth: expected an integer from 1 to 64, got {_shown(config.depth)}")
+    _require(1 <= config.width <= 65536, f"width: expected a positive integer, got {_shown(config.width)}")
+    _require(config.lr > 0 and math.isfinite(config.lr), f"lr: expected a finite positive number, got {config.lr}")
     _require(0 <= config.momentum < 1, f"momentum: expected a number in [0, 1), got {config.momentum}")
     _require(
         config.weight_decay >= 0 and math.isfinite(config.weight_decay),
-        f"weight_decay: expected a number >= 0, got {config.weight_decay}",
+        f"weight_decay: expected a finite number >= 0, got {config.weight_decay}",
     )
     _require(0 < config.lr_gamma <= 1, f"lr_gamma: expected a number in (0, 1], got {config.lr_gamma}")
     _require(
         all(m > 0 for m in config.milestones) and list(config.milestones) == sorted(set(config.milestones)),
         f"milestones: expected increasing positive epochs like 300,450, got {format_value(config.milestones)}",
     )
-    _require(config.batch_size >= 1, f"batch_size: expected a positive integer, got {config.batch_size}")
-    _require(config.phase1_epochs >= 0, f"phase1_epochs: expected an integer >= 0, got {config.phase1_epochs}")
-    _require(config.phase2_epochs >= 0, f"phase2_epochs: expected an integer >= 0, got {config.phase2_epochs}")
+    _require(config.batch_size >= 1, f"batch_size: expected a positive integer, got {_shown(config.batch_size)}")
+    _require(config.phase1_epochs >= 0, f"phase1_epochs: expected an integer >= 0, got {_shown(config.phase1_epochs)}")
+    _require(config.phase2_epochs >= 0, f"phase2_epochs: expected an integer >= 0, got {_shown(config.phase2_epochs)}")
     _require(config.total_epochs >= 1, "phase1_epochs, phase2_epochs: at least one epoch in total is needed")
     _number_or_word("nc1_threshold", config.nc1_threshold, ("auto",), 0.0, 1.0)
     _number_or_word("fn_ref", config.fn_ref, ("none", "auto"), 0.0, math.inf)
-    _require(config.lead >= 0, f"lead: expected an integer >= 0, got {config.lead}")
-    _require(0 <= config.seed <= MAX_SEED, f"seed: expected an integer from 0 to {MAX_SEED} (2**63 - 1), got {config.seed}")
+    _require(config.lead >= 0, f"lead: expected an integer >= 0, got {_shown(config.lead)}")
+    _require(0 <= config.seed <= MAX_SEED,
+             f"seed: expected an integer from 0 to {MAX_SEED} (2**63 - 1), got {_shown(config.seed)}")
     for name in params_marked(COUNT):
         value = getattr(config, name)
-        _require(value <= MAX_COUNT, f"{name}: expected an integer up to {MAX_COUNT:,}, got {value}")
+        _require(value <= MAX_COUNT, f"{name}: expected an integer up to {MAX_COUNT:,}, got {_shown(value)}")
     _require(
         config.rescale_alpha > 0 and math.isfinite(config.rescale_alpha),
-        f"rescale_alpha: expected a positive number, got {config.rescale_alpha}",
+        f"rescale_alpha: expected a finite positive number, got {config.rescale_alpha}",
     )
     _require(
         config.rescale_alpha == 1.0 or config.init_from != "none",
@@ -179,10 +201,13 @@ def validate(config: RunConfig) -> None:
         config.checkpoints in schema.CHECKPOINT_CHOICES,
         f"checkpoints: expected one of {' | '.join(schema.CHECKPOINT_CHOICES)}, got {config.checkpoints!r}",
     )
-    _require(config.checkpoint_every >= 1, f"checkpoint_every: expected a positive integer, got {config.checkpoint_every}")
-    _require(config.synthetic_classes >= 2, f"synthetic_classes: expected at least 2, got {config.synthetic_classes}")
+    _require(config.checkpoint_every >= 1,
+             f"checkpoint_every: expected a positive integer, got {_shown(config.checkpoint_every)}")
+    _require(config.synthetic_classes >= 2,
+             f"synthetic_classes: expected at least 2, got {_shown(config.synthetic_classes)}")
     _require(
-        config.synthetic_per_class >= 1, f"synthetic_per_class: expected a positive integer, got {config.synthetic_per_class}"
+        config.synthetic_per_class >= 1,
+        f"synthetic_per_class: expected a positive integer, got {_shown(config.synthetic_per_class)}",
     )
     shape_parts = config.synthetic_shape.split("x")
     _require(

@@ -83,24 +83,27 @@ def measure_epoch(setup: Setup) -> dict[str, float]:
 
 def training_set_angles(setup: Setup, features: torch.Tensor | None = None) -> list[float] | None:
     """The pairwise angles between the training set's centred class means now (one extra eval pass unless the
-    training set's `features` are given), or None when the features are not finite."""
+    training set's `features` are given), or None when they are not all finite (non-finite features, or a class
+    mean equal to the global one: its angles are 0/0, as after a divergence that zeroed every feature)."""
     if features is None:
         _, features = predict_in_chunks(setup.model, setup.data.train_x)
     if not torch.isfinite(features).all():
         return None
-    return class_mean_angles(features, setup.data.train_y, setup.data.num_classes)
+    angles = class_mean_angles(features, setup.data.train_y, setup.data.num_classes)
+    return angles if all(math.isfinite(angle) for angle in angles) else None
 
 
 @dataclass(frozen=True)
 class EndOfRun:
     """What a run measures once after its last epoch, from one eval pass over the training set."""
 
-    angles: list[float] | None  # the pairwise class-mean angles (None when the features are not finite)
+    angles: list[float] | None  # the pairwise class-mean angles (None when they are not finite)
     class_nc1_table: bytes | None  # under class imbalance: class_nc1.csv (per-class NC1); else None
 
 
 def measure_end_of_run(setup: Setup) -> EndOfRun:
-    """The training set's final features, read once for the class-mean angles and the per-class NC1."""
+    """The training set's final features, read once for the class-mean angles and the per-class NC1; after a
+    divergence too (non-finite features give no angles and NaN per-class NC1, never an error)."""
     _, features = predict_in_chunks(setup.model, setup.data.train_x)
     table = None
     if setup.minority is not None:

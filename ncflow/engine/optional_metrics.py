@@ -79,7 +79,9 @@ def layers_csv(history: Iterable[Mapping[str, float]], config: RunConfig) -> byt
 
 
 def layers_figure_png(history: Sequence[Mapping[str, float]], config: RunConfig, title: str) -> bytes:
-    """`figures/layers.png`: NC1 of every layer over the epochs (log scale), the phase switch marked."""
+    """`figures/layers.png`: NC1 of every layer over the epochs (log scale), the phase switch marked. Only finite,
+    positive values are drawn (a diverged run's last epochs are not); with none at all (a run that diverged in its
+    first epoch) the axis is linear and says so."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,11 +89,19 @@ def layers_figure_png(history: Sequence[Mapping[str, float]], config: RunConfig,
 
     frame = pd.DataFrame(list(history))
     figure, axis = plt.subplots(figsize=(7, 4.5))
+    drawn = 0
     for layer in range(1, layer_count(config.arch, config.depth) + 1):
-        axis.plot(frame[schema.HISTORY_EPOCH], frame[schema.layer_metric(layer, "nc1")], label=f"layer {layer}")
+        values = pd.to_numeric(frame[schema.layer_metric(layer, "nc1")], errors="coerce")
+        shown = (values > 0) & (values < math.inf)  # False for NaN too
+        axis.plot(frame.loc[shown, schema.HISTORY_EPOCH], values[shown], label=f"layer {layer}")
+        drawn += int(shown.sum())
     if config.protocol == "two-phase":
         axis.axvline(config.phase1_epochs + 0.5, color="grey", linestyle="--", linewidth=1, label="CE → MSE")
-    axis.set(yscale="log", xlabel="epoch", ylabel="NC1 = Tr(Σ_W) / Tr(Σ_B)", title=f"{title}: NC1 per layer")
+    if drawn:
+        axis.set_yscale("log")
+    else:
+        axis.text(0.5, 0.5, "no finite NC1 to draw", transform=axis.transAxes, ha="center", color="C3")
+    axis.set(xlabel="epoch", ylabel="NC1 = Tr(Σ_W) / Tr(Σ_B)", title=f"{title}: NC1 per layer")
     axis.legend(fontsize=8)
     figure.tight_layout()
     buffer = io.BytesIO()

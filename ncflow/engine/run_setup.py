@@ -200,5 +200,8 @@ def restore(setup: Setup, state: Mapping[str, Any], recorded: Mapping[int, Mappi
 
 
 def update_detector(setup: Setup, row: Mapping[str, float]) -> list[str]:
-    metrics = {"nc1": row[schema.NC1], "fn": row[schema.FN]}
+    """Feed one epoch's row to the detector: NC1 and fn, and every training-set metric (`nc/*`, `layers/*`), any of
+    which non-finite is divergence (the test set's are NaN by design when it lacks a class, so they are not given)."""
+    watched = {key: value for key, value in row.items() if key.startswith((schema.NC_PREFIX, schema.LAYER_PREFIX))}
+    metrics = {"nc1": row[schema.NC1], "fn": row[schema.FN], **watched}
     return setup.detector.update(int(row[schema.HISTORY_EPOCH]), int(row[schema.PHASE]), metrics, row[schema.TRAIN_LOSS])

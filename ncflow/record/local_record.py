@@ -4,6 +4,8 @@ A run's directory (default `.ncflow/runs/RUN_ID/` under the working directory; `
 `NCFLOW_RECORD_DIR` moves it) holds:
 
     record.json       who owns the run: run id, tracking URI, experiment, host, boot id, pid, process start time
+    record.lock       the one-writer lock (see below: record_lock); while held, it names its holder (host, boot id, pid, start
+                      time) and why it holds it (`write`: trains the run; `sync`: ships what a dead run left)
     journal.jsonl     every MLflow write, one JSON object a line, in order: per-epoch metrics (with the
                       timestamp they will carry in MLflow), summary metrics, tags, artifacts, run status
     shipped           how many journal entries MLflow has (written atomically after each shipped batch)
@@ -16,12 +18,18 @@ memory, so SIGKILL or an OOM kill loses it, and its retries give up after a few 
 journal is appended and flushed line by line, so a killed process loses at most the line being written
 (ignored on reading); each entry carries its own timestamp, so shipping it twice stores it once (MLflow's
 SQL stores drop a metric identical in key, step, timestamp and value).
+
+One writer per run: `claim` and `take` hold the record exclusively before any work (an OS lock on `record.lock`,
+ncflow.record.record_lock, which says why and what it guarantees); record.json names the owner, as before.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -30,6 +38,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from ncflow.record.liveness import Owner
+from ncflow.record.record_lock import WRITE, Holder, RecordLock, RecordTaken
 
 RECORD_DIR_VARIABLE = "NCFLOW_RECORD_DIR"
 DEFAULT_RECORD_DIR = Path(".ncflow") / "runs"
@@ -43,23 +52,83 @@ def record_root(record_dir: str | os.PathLike[str] | None = None) -> Path:
     return Path(record_dir or os.environ.get(RECORD_DIR_VARIABLE) or DEFAULT_RECORD_DIR).expanduser().absolute()
 
 
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})  # the device is full, or the user's quota is
+
+
+def size_text(size: int | None) -> str:
+    """`512 bytes`, `3.1 kB`, `14.2 MB`, `1.3 GB` (`unknown` for None)."""
+    if size is None:
+        return "unknown"
+    if size < 10_000:
+        return f"{size} bytes"
+    for unit, scale in (("kB", 1e3), ("MB", 1e6), ("GB", 1e9)):
+        if size < scale * 1000 or unit == "GB":
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
+
+
+def free_space(path: Path) -> int | None:
+    """Bytes free for this user on the file system that holds `path` (or its nearest existing parent)."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            try:
+                return shutil.disk_usage(candidate).free
+            except OSError:
+                return None
+    return None
+
+
+class RecordDiskFull(OSError):
+    """A write into a run record found no space (ENOSPC, or EDQUOT: over quota). `str()` is one line naming the
+    file, the space the write needed and the space left; `outcomes` is filled in by whoever ends the runs it failed
+    (what became of each), for the command line's one-line message."""
+
+    def __init__(self, error: OSError, path: Path, needed: int | None) -> None:
+        self.path, self.needed, self.free = path, needed, free_space(path)
+        what = f"writing {path} needs {size_text(needed)}" if needed is not None else f"cannot write in {path}"
+        super().__init__(error.errno, f"{os.strerror(error.errno or errno.ENOSPC)}: {what}, "
+                                      f"{size_text(self.free)} free there")
+        self.outcomes: list[str] = []
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+    def one_line(self) -> str:
+        """The error and what became of the runs it ended, in one line."""
+        return "; ".join((str(self), *self.outcomes))
+
+
+def no_space(error: OSError, path: Path, needed: int | None) -> OSError:
+    """`error` as a RecordDiskFull when it says the device (or the quota) is full; else `error` itself."""
+    if error.errno in NO_SPACE_ERRNOS and not isinstance(error, RecordDiskFull):
+        return RecordDiskFull(error, path, needed)
+    return error
+
+
 def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
     """Write `data` to `path` so that a reader (or a crash) sees the old file or the new one, never a mix.
 
-    `durable` also syncs the data to disk (survives a power cut, not only a killed process).
+    `durable` also syncs the data to disk (survives a power cut, not only a killed process). A full disk raises
+    RecordDiskFull (the old file is kept, and the partial new one removed).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            if durable:
-                os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                if durable:
+                    os.fsync(handle.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+    except OSError as error:
+        raised = no_space(error, path, len(data))
+        if raised is error:
+            raise
+        raise raised from None
 
 
 class RunRecord:
@@ -67,7 +136,9 @@ class RunRecord:
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
+        self._claim_lock = RecordLock(self.directory)
         self._journal: Any = None
+        self._shipped_mark = 0  # the highest `mark_shipped` count, for when the disk cannot take the file
         self._entries: int | None = None
         self._append_lock = threading.Lock()
         self._read_mark = (0, 0)  # (entries, bytes) of the journal's complete lines read so far
@@ -76,17 +147,50 @@ class RunRecord:
 
     @classmethod
     def create(cls, root: Path, run_id: str, meta: Mapping[str, Any]) -> "RunRecord":
-        """A record for `run_id` owned by this process (an existing one is taken over, as on resume)."""
+        """A record for `run_id` owned by this process (a dead owner's is taken over; RecordTaken if a live one's)."""
         record = cls(root / run_id)
         record.files_dir.mkdir(parents=True, exist_ok=True)
         record.claim(meta)
         return record
 
     def claim(self, meta: Mapping[str, Any] | None = None) -> None:
-        """Make this process the record's owner (merging `meta` into record.json)."""
+        """Make this process the record's one writer: take its lock (RecordTaken when another live process holds
+        it), then name this process as the owner in record.json (merging `meta`)."""
+        self.take(WRITE)
         merged = {**self.meta(), **(meta or {}), **asdict(Owner.this_process()), "claimed_at": time.time(),
                   "released": False}
         atomic_write_bytes(self.directory / RECORD_FILE, json.dumps(merged, indent=1).encode())
+
+    # -------------------------------------------------------------------------------------- the one writer
+
+    def take(self, purpose: str = WRITE, wait_for_sync_s: float = 0.0) -> None:
+        """Hold the record exclusively until `let_go`, `release` or this process's end (nothing if held already).
+
+        Raises RecordTaken at once when another live process holds it — after up to `wait_for_sync_s` when that
+        process only ships it (SYNC) — or when record.json names a live owner other than this process.
+        """
+        if self._claim_lock.held:
+            return
+        self._claim_lock.take(purpose, wait_for_sync_s, self._live_owner)
+        writer = self._live_owner()
+        if writer is not None:  # it holds no lock (an older ncflow, a file system without flock) but writes
+            self.let_go()
+            raise RecordTaken(self.run_id, writer)
+
+    def _live_owner(self) -> Holder | None:
+        """record.json's owner as a writer, when it is alive and not this process."""
+        owner = self.owner()
+        if owner is None or not owner.is_alive() or owner.pid == os.getpid():  # alive with my pid: this process
+            return None
+        return Holder(owner, WRITE)
+
+    def holder(self, local_only: bool = True) -> Holder | None:
+        """The live process that holds the record's lock now; None when nobody does (record_lock.RecordLock)."""
+        return self._claim_lock.holder(local_only)
+
+    def let_go(self) -> None:
+        """Give the record's lock back; nothing when this object does not hold it."""
+        self._claim_lock.let_go()
 
     @property
     def run_id(self) -> str:
@@ -109,6 +213,7 @@ class RunRecord:
     def release(self) -> None:
         """The owner is done with the record (training ended, whatever the outcome); nobody writes it now."""
         atomic_write_bytes(self.directory / RECORD_FILE, json.dumps({**self.meta(), "released": True}, indent=1).encode())
+        self.let_go()
 
     def exists(self) -> bool:
         return (self.directory / RECORD_FILE).is_file()
@@ -131,7 +236,7 @@ class RunRecord:
             complete = self._complete_length(path)
             if path.exists() and path.stat().st_size != complete:
                 os.truncate(path, complete)  # a line cut by a kill: drop it before appending
-            self._journal = open(path, "a", encoding="utf-8")
+            self._journal = open(path, "ab", buffering=0)  # each write goes to the OS at once
             self._entries = sum(1 for _ in self.entries())
         return self._journal
 
@@ -144,12 +249,25 @@ class RunRecord:
         return data.rfind(b"\n") + 1
 
     def append(self, entry: Mapping[str, Any]) -> None:
-        """Append one journal entry and hand it to the OS (a SIGKILL after this returns cannot lose it)."""
-        line = json.dumps(entry, separators=(",", ":")) + "\n"
+        """Append one journal entry and hand it to the OS (a SIGKILL after this returns cannot lose it).
+
+        A write that fails (a full disk: RecordDiskFull) leaves no part of the line: the journal is cut back to
+        where it was, so the next entry starts on a line of its own."""
+        line = (json.dumps(entry, separators=(",", ":")) + "\n").encode()
         with self._append_lock:
             journal = self._open_journal()
-            journal.write(line)
-            journal.flush()
+            size = os.fstat(journal.fileno()).st_size
+            try:
+                rest = memoryview(line)
+                while rest:
+                    rest = rest[journal.write(rest):]
+            except OSError as error:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(journal.fileno(), size)
+                raised = no_space(error, self.directory / JOURNAL_FILE, len(line))
+                if raised is error:
+                    raise
+                raise raised from None
             self._entries = (self._entries or 0) + 1
 
     def metrics(self, step: int, values: Mapping[str, float], timestamp_ms: int | None = None) -> None:
@@ -203,12 +321,17 @@ class RunRecord:
 
     def shipped(self) -> int:
         try:
-            return int((self.directory / SHIPPED_FILE).read_text().strip() or 0)
+            marked = int((self.directory / SHIPPED_FILE).read_text().strip() or 0)
         except (OSError, ValueError):
-            return 0
+            marked = 0
+        return max(marked, self._shipped_mark)
 
     def mark_shipped(self, count: int) -> None:
-        atomic_write_bytes(self.directory / SHIPPED_FILE, str(count).encode())
+        """Note that MLflow has the first `count` entries. When the disk cannot take the note, this process keeps it
+        (another would ship those entries again, which MLflow stores once)."""
+        self._shipped_mark = max(self._shipped_mark, count)
+        with contextlib.suppress(OSError):
+            atomic_write_bytes(self.directory / SHIPPED_FILE, str(count).encode())
 
     def unshipped(self) -> int:
         return max(0, self.entry_count() - self.shipped())

@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from ncflow.record.liveness import RUN_HEARTBEAT_EVERY_S, Owner, heartbeat_value
 from ncflow.record.local_record import ARTIFACT, METRICS, STATUS, TAGS, RunRecord, find_records
+from ncflow.record.record_lock import SYNC, RecordTaken
 from ncflow.record.retry import retried
 from ncshared import schema
 
@@ -162,16 +163,24 @@ def sync_records(
 ) -> list[tuple[RunRecord, int]]:
     """Ship the unsent entries of every record under `root` whose process is gone (of `tracking_uri`, if given).
 
-    Returns (record, entries still unsent) for each record that had something to ship.
+    Each record is held (`RunRecord.take(SYNC)`) while it ships, so a resume waits for it; a record another live
+    process holds (its writer, or another sync) is skipped. Returns (record, entries still unsent) for each record
+    that had something to ship.
     """
     results = []
     for record in find_records(root):
-        owner = record.owner()
-        if record.unshipped() == 0 or (owner is not None and owner.is_alive()):
-            continue
         uri = record.meta().get("tracking_uri", "")
-        if tracking_uri is not None and uri != tracking_uri:
+        if record.unshipped() == 0 or (tracking_uri is not None and uri != tracking_uri):
             continue
-        left = ship_pending(client_for_uri(uri), record, should_stop)
+        try:
+            record.take(SYNC)
+        except RecordTaken:
+            continue  # its writer lives (it ships its own record) or another sync has it
+        try:
+            if record.unshipped() == 0:  # another sync sent it just before
+                continue
+            left = ship_pending(client_for_uri(uri), record, should_stop)
+        finally:
+            record.let_go()
         results.append((record, left))
     return results

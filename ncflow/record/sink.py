@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 import torch
 
-from ncflow.record.local_record import RunRecord, atomic_write_bytes
+from ncflow.record.local_record import RecordDiskFull, RunRecord, atomic_write_bytes
 from ncshared import schema
 
 SAVE_BUDGET = 0.02  # the share of wall time the resume-state saves may take
@@ -46,8 +46,8 @@ class StateWriter:
         self._thread.start()
 
     def submit(self, state: Mapping[str, Any]) -> None:
-        if self._error is not None:
-            raise RuntimeError(f"could not save the resume state to {self.record.state_path}: {self._error}")
+        """Save `state` soon; raises the error of an earlier save that failed (a full disk as RecordDiskFull)."""
+        self._raise_failure()
         with self._lock:
             self._latest = state
             self._lock.notify()
@@ -67,12 +67,19 @@ class StateWriter:
                 self._error = error
             self.last_duration_s = time.perf_counter() - started
 
+    def _raise_failure(self) -> None:
+        if isinstance(self._error, RecordDiskFull):
+            raise self._error
+        if self._error is not None:
+            raise RuntimeError(f"could not save the resume state to {self.record.state_path}: {self._error}")
+
     def close(self) -> None:
-        """Write the last submitted state and stop."""
+        """Write the last submitted state and stop; raises the error of a save that failed, if no submit did."""
         with self._lock:
             self._closing = True
             self._lock.notify()
         self._thread.join()
+        self._raise_failure()
 
 
 class RecordSink:
@@ -99,6 +106,12 @@ class RecordSink:
             return
         self.record.artifact_bytes(schema.checkpoint_path(name), state_bytes(state))
 
+    def start(self, state: Mapping[str, Any]) -> None:
+        """Save the state training starts from (epoch 0: the initial model, optimiser and RNG; or a resumed run's)
+        now, in this thread, durably: from here on the run can always be resumed. Raises RecordDiskFull when the
+        record's disk cannot hold it."""
+        atomic_write_bytes(self.record.state_path, state_bytes(state))
+
     def state(self, state: Mapping[str, Any]) -> None:
         self.latest = state
         now = time.monotonic()
@@ -109,9 +122,13 @@ class RecordSink:
             self.checkpoint(schema.CHECKPOINT_LAST, state)
 
     def close(self) -> None:
-        """Save the final resume state, and `last.pt` of the last finished epoch for another machine's resume."""
-        if self.latest is not None:
-            self.writer.submit(self.latest)  # the newest state, even when the budget skipped it
-        self.writer.close()
+        """Save the final resume state, and `last.pt` of the last finished epoch for another machine's resume.
+
+        The writer thread is stopped also when a save failed (the error is raised then, after it stopped)."""
+        try:
+            if self.latest is not None:
+                self.writer.submit(self.latest)  # the newest state, even when the budget skipped it
+        finally:
+            self.writer.close()
         if self.latest is not None and int(self.latest["epoch"]) % self.checkpoint_every != 0:
             self.checkpoint(schema.CHECKPOINT_LAST, self.latest)

@@ -140,16 +140,21 @@ def parse_settings(items: Iterable[str]) -> dict[str, Any]:
     return settings
 
 
-def parse_seeds(raw: str | None) -> tuple[int, ...] | None:
-    """`0,1,2` → (0, 1, 2); None or `none` → the sweep's own seeds."""
+def parse_seeds(raw: str | None, what: str = "--seeds") -> tuple[int, ...] | None:
+    """`0,1,2` → (0, 1, 2); None or `none` → the sweep's own seeds. A seed given twice is refused (it would train
+    once, silently); `what` names the parameter in the one-line error."""
     if raw is None or raw.strip().lower() in ("", "none"):
         return None
     try:
-        seeds = tuple(dict.fromkeys(int(part) for part in raw.replace(" ", "").split(",") if part))
+        seeds = tuple(int(part) for part in raw.replace(" ", "").split(",") if part)
     except ValueError:
-        raise ConfigError(f"--seeds: expected comma-separated integers like 0,1,2, got {raw!r}") from None
+        raise ConfigError(f"{what}: expected comma-separated integers like 0,1,2, got {raw!r}") from None
     if not seeds or min(seeds) < 0:
-        raise ConfigError(f"--seeds: expected integers >= 0, got {raw!r}")
+        raise ConfigError(f"{what}: expected integers >= 0, got {raw!r}")
+    repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if repeated:
+        raise ConfigError(f"{what}: seed {', '.join(map(str, repeated))} given more than once in {raw!r}; "
+                          "give each seed once (one run per seed)")
     return seeds
 
 
@@ -178,7 +183,7 @@ def load_spec(path: str | Path) -> Sweep:
     try:
         data = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as error:
-        raise ConfigError(f"--spec: cannot read {path}: {str(error).splitlines()[0]}") from None
+        raise ConfigError(f"--spec: cannot read {path}: {yaml_reason(error)}") from None
     if not isinstance(data, Mapping):
         raise ConfigError(f"--spec: {path} must hold a mapping with name, preset, fixed, grid, seeds")
     unknown = set(data) - {"name", "preset", "fixed", "grid", "seeds"}
@@ -194,7 +199,9 @@ def load_spec(path: str | Path) -> Sweep:
     fixed = data.get("fixed") or {}
     if not isinstance(fixed, Mapping):
         raise ConfigError("--spec: fixed must be a mapping of field → value")
-    seeds = parse_seeds(",".join(str(s) for s in data["seeds"])) if data.get("seeds") is not None else SEEDS
+    listed = data.get("seeds")
+    listed = listed if isinstance(listed, list) or listed is None else [listed]
+    seeds = parse_seeds(",".join(str(s) for s in listed), "--spec seeds") if listed is not None else SEEDS
     return Sweep(
         name,
         tuple(_spec_block(block, f"--spec grid[{i}]") for i, block in enumerate(blocks)),
@@ -202,6 +209,19 @@ def load_spec(path: str | Path) -> Sweep:
         str(data.get("preset", BASE_PRESET)),
         seeds or SEEDS,
     )
+
+
+def yaml_reason(error: Exception) -> str:
+    """One line: a YAML syntax error's problem with its line and column (1-based), else the error's first line."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None)
+    if mark is not None and problem:
+        context = getattr(error, "context", None)
+        start = getattr(error, "context_mark", None) if context else None
+        where = f" ({context} that starts at line {start.line + 1}, column {start.column + 1})" if start else ""
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}{where}"
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def lookup_sweep(name: str | None, spec: str | None) -> Sweep:

@@ -45,8 +45,10 @@ def figure_markdown(run_id: str) -> str:
 
 def description(
     run_id: str, config: RunConfig, status: str, summary: Mapping[str, float], last_row: Mapping[str, float] | None,
+    divergence_reason: str | None = None,
 ) -> str:
-    """The run's Markdown description, for a run starting (`status` running) or ended."""
+    """The run's Markdown description, for a run starting (`status` running) or ended; a diverged run's says why and
+    at which epoch (`divergence_reason`), and that it is complete as it is."""
     eps = summary.get(schema.COLLAPSE_THRESHOLD, math.nan)
     t_nc, fn_star = summary.get(schema.T_NC), summary.get(schema.FN_STAR)
     headline = f"**{STATUS_WORDS.get(status, status)}**"
@@ -55,6 +57,9 @@ def description(
     if not math.isnan(eps):
         headline += f" (collapse: NC1 < ε = {eps:g})"
     lines = [headline, "", f"- {phase_line(config)}"]
+    if status == schema.STATUS_DIVERGED:
+        lines.append(f"- diverged: {divergence_reason or 'reason not recorded'}. Training stopped there: the run is "
+                     "complete as it is, and the analysis excludes it as diverged (and counts it)")
     t_cross, predicted = summary.get(schema.T_CROSS), summary.get(schema.T_NC_PRED)
     if t_cross is not None:
         warning = f"- early warning: fn fell below fn_ref = {summary.get(schema.FN_REF, math.nan):.4f} at T_cross = {t_cross:.0f}"
@@ -74,6 +79,22 @@ def description(
     if status != schema.STATUS_RUNNING:
         lines += ["", f"`{schema.DYNAMICS_FIGURE}`:", "", figure_markdown(run_id)]
     return "\n".join(lines)
+
+
+def failure_note(run_id: str, last_epoch: int, reason: str, resumable: bool, why: str,
+                 divergence_reason: str | None = None) -> str:
+    """The description of a run that ended FAILED or KILLED: what stopped it, and whether `ncflow train --resume`
+    continues it (`resumable`; `why` says what it lacks when it cannot) — never resume advice for a run that has none.
+
+    A run that had diverged before it failed (`divergence_reason`) failed writing its end-of-run files: a resume
+    writes them and trains no further."""
+    when = f"after epoch {last_epoch}" if last_epoch else "before its first epoch"
+    if not resumable:
+        return f"**failed** {when}: {reason}\n\nIt cannot be resumed: it {why}. Train the condition again."
+    if divergence_reason:
+        return (f"**failed** {when}, writing its end-of-run files: {reason}\n\nIt had diverged ({divergence_reason}); "
+                f"`ncflow train --resume {run_id}` writes its files and trains no further.")
+    return f"**failed** {when}: {reason}\n\nContinue it with `ncflow train --resume {run_id}`."
 
 
 @dataclass(frozen=True)

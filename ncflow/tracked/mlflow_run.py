@@ -9,6 +9,7 @@ Every name comes from `ncshared.schema` (listed in docs/tracking.md).
 from __future__ import annotations
 
 import subprocess
+import sys
 import tempfile
 from contextlib import suppress
 from pathlib import Path
@@ -28,6 +29,7 @@ from ncshared.mlflow_env import (
     adopted_experiment_name,
     adopted_run_id,
     check_store,
+    open_store,
     resolve_tracking_uri,
 )
 from ncshared.run_config import RunConfig
@@ -39,17 +41,11 @@ def client_for(config: RunConfig) -> MlflowClient:
 
 
 def client_for_uri(tracking_uri: str | None) -> MlflowClient:
-    uri = resolve_tracking_uri(tracking_uri)
+    """`ncshared.mlflow_env.open_store`, its one-line refusal as a ConfigError."""
     try:
-        check_store(uri)
-        client = MlflowClient(tracking_uri=uri)
-        client.search_experiments(max_results=1)
+        return open_store(tracking_uri)
     except StoreUnavailable as error:
         raise ConfigError(str(error)) from None
-    except Exception as error:  # MLflow's own refusal of the URI, its database, or its server
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"tracking_uri: cannot use the MLflow store {uri!r}: {first[:300]}") from None
-    return client
 
 
 class _NotCreated(Exception):
@@ -209,6 +205,20 @@ def logged_epoch_rows(
     logged = {key for row in values.values() for key in row}  # a run from before a metric existed lacks it
     complete = {step: row for step, row in values.items() if len(row) == len(logged)}
     return {step: {"ts": stamps[step], **row} for step, row in complete.items()}
+
+
+def tell_run(client: MlflowClient, run_id: str, tags: Mapping[str, str], status: str | None) -> None:
+    """Tags and the final status straight to MLflow, for what a run's local record could not take (a full disk).
+    A store that is away too is one line on stderr: the run stays as MLflow last heard of it."""
+    try:
+        if tags:
+            client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()], synchronous=True)
+        if status is not None:
+            client.set_terminated(run_id, status=status)
+    except Exception as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"ncflow: could not tell MLflow at {client.tracking_uri} how run {run_id} ended: {first}",
+              file=sys.stderr)
 
 
 def fail_adopted_run(reason: str) -> None:

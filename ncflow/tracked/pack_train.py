@@ -47,7 +47,8 @@ def train_pack(
         with termination_as_interrupt():
             for member, member_tags in zip(members, tags):
                 record, place = opened(client, member.config, root, sweep, parent_run_id, member_tags)
-                runs.append(RecordedRun(member, client, record, place).begin())
+                runs.append(RecordedRun(member, client, record, place))
+                runs[-1].begin()  # a member whose start fails (a full disk) is failed and closed with the others
             try:
                 pack.run_pack(members, [run.sink for run in runs], progress)
             finally:

@@ -2,14 +2,13 @@
 
 Reads top to bottom: check the store and build everything (bad input stops here, before a run exists),
 open the run, create its local record, train with the engine writing into the record while a background
-shipper sends the record to MLflow, then record the results. `resume` continues a run whose process died,
-from its local record or, on another machine, from its MLflow checkpoint. See docs/reliability.md.
+shipper sends the record to MLflow, then record the results. `ncflow.tracked.resume` continues a run whose
+process died through the same `run_recorded`. See docs/reliability.md.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -20,10 +19,9 @@ from mlflow.tracking import MlflowClient
 from ncflow.engine import loop, optional_metrics, run_setup
 from ncflow.engine.config import ConfigError, run_name
 from ncflow.engine.run_setup import Setup
-from ncflow.record.liveness import RUN_STALE_AFTER_S, parse_heartbeat
-from ncflow.record.local_record import RunRecord, record_root
+from ncflow.record.local_record import RecordDiskFull, RunRecord, no_space, record_root
 from ncflow.record.shipper import Shipper
-from ncflow.record.signals import interruption_reason, termination_as_interrupt
+from ncflow.record.signals import interruption_reason, note_stopped_run, termination_as_interrupt
 from ncflow.record.sink import RecordSink
 from ncflow.tracked import artifacts, messages, mlflow_run, stale_runs
 from ncshared import schema
@@ -68,7 +66,8 @@ def load_phase1_source(client: MlflowClient, run_id: str) -> dict[str, Any]:
 
 
 def record_results(setup: Setup, record: RunRecord, sink: RecordSink) -> dict[str, float]:
-    """Summary metrics, status tags, history.csv, config.json and the dynamics figure, into the record."""
+    """Summary metrics, status tags, history.csv, config.json and the dynamics figure, into the record (a diverged
+    run's too: every file copes with its non-finite values)."""
     detector = setup.detector
     summary = detector.summary_metrics()
     sink.summary(summary)
@@ -78,13 +77,14 @@ def record_results(setup: Setup, record: RunRecord, sink: RecordSink) -> dict[st
     record.tags(tags)
     record.artifact_bytes(schema.HISTORY_FILE, artifacts.history_csv(setup.history))
     record.artifact_bytes(schema.CONFIG_FILE, artifacts.config_json(setup.config))
-    figure = artifacts.dynamics_figure_png(record.run_id, setup.history, summary, setup.config)
+    figure = artifacts.dynamics_figure_png(record.run_id, setup.history, summary, setup.config, detector.status,
+                                           detector.divergence_reason)
     record.artifact_bytes(schema.DYNAMICS_FIGURE, figure)
     end = loop.measure_end_of_run(setup)
     record_angles(setup, record, end.angles)
     record_optional(setup, record, sink, end.class_nc1_table)
     last = setup.history[-1] if setup.history else None
-    note = messages.description(record.run_id, setup.config, detector.status, summary, last)
+    note = messages.description(record.run_id, setup.config, detector.status, summary, last, detector.divergence_reason)
     record.tags({schema.TAG_NOTE: note})
     return summary
 
@@ -138,17 +138,25 @@ class RecordedRun:
     shipper: Shipper = field(init=False)
     summary: dict[str, float] = field(default_factory=dict)
     final_status: str = "FAILED"
+    unrecorded: dict[str, str] = field(default_factory=dict)  # end tags a full disk kept out of the record
+
+    def __post_init__(self) -> None:
+        config = self.setup.config
+        self.sink = RecordSink(self.record, config.checkpoint_every, schema.CHECKPOINT_CHOICES[config.checkpoints])
+        self.shipper = Shipper(self.client, self.record)
 
     def begin(self) -> RecordedRun:
-        """The sink, the starting description (and class counts), the shipper, the intervention's summary."""
+        """The shipper, the state training starts from (saved before the run is described as training: a run that
+        trains can always be resumed; RecordDiskFull when the record cannot hold it), the starting description
+        (and class counts), the intervention's summary. Call it inside the try whose failure calls `fail`."""
         setup, record, config = self.setup, self.record, self.setup.config
-        self.sink = RecordSink(record, config.checkpoint_every, schema.CHECKPOINT_CHOICES[config.checkpoints])
+        self.shipper.start()
+        self.sink.start(loop.checkpoint_state(setup, setup.start_epoch - 1))
         note_start(setup, record)
         if setup.minority is not None:
             record.tags({schema.TAG_CLASS_COUNTS: ",".join(str(n) for n in setup.class_counts)})
             record.artifact_bytes(schema.CLASS_COUNTS_FILE,
                                   optional_metrics.class_counts_json(setup.class_counts, config, setup.minority))
-        self.shipper = Shipper(self.client, record).start()
         self.sink.summary(setup.intervention)
         return self
 
@@ -159,22 +167,47 @@ class RecordedRun:
 
     def fail(self, error: BaseException) -> None:
         """FAILED (an exception) or KILLED (Ctrl-C, SIGTERM, SIGHUP), with the reason (the sink closed: the resume
-        state of the last finished epoch is kept)."""
+        state of the last finished epoch is kept) and a description that says to resume it only when it can be
+        (`stale_runs.resumability`). A full disk's error also gets the run's outcome, for its one-line message."""
         interrupted = isinstance(error, KeyboardInterrupt)
         reason = interruption_reason(error) if interrupted else f"{type(error).__name__}: {error}"
-        self.record.tags({
-            schema.TAG_STATUS: schema.STATUS_FAILED, schema.TAG_FAIL_REASON: reason[:5000],
-            schema.TAG_NOTE: f"**failed** after epoch {self.setup.detector.last_epoch or 0}: {reason[:2000]}\n\n"
-                               f"Continue it with `ncflow train --resume {self.record.run_id}`."})
+        detector, run_id = self.setup.detector, self.record.run_id
+        resume = stale_runs.resumability(self.record)
+        note = messages.failure_note(run_id, detector.last_epoch or 0, reason[:2000], resume.resumable, resume.why,
+                                     detector.divergence_reason)
+        self._record_tags({schema.TAG_STATUS: schema.STATUS_FAILED, schema.TAG_FAIL_REASON: reason[:5000],
+                           schema.TAG_NOTE: note})
         self.final_status = "KILLED" if interrupted else "FAILED"
+        if isinstance(error, RecordDiskFull):
+            error.outcomes.append(f"run {run_id} FAILED: free space, then `ncflow train --resume {run_id}`"
+                                  if resume.resumable
+                                  else f"run {run_id} FAILED and cannot be resumed (it {resume.why})")
+        note_stopped_run(error, self.record.run_id)  # the command line's last line names it
+
+    def _record_tags(self, tags: Mapping[str, str]) -> None:
+        """Tags into the record; kept for `close` to send MLflow itself when the record's disk is full."""
+        try:
+            self.record.tags(tags)
+        except RecordDiskFull:
+            self.unrecorded.update(tags)
 
     def close(self, ship_timeout_s: float | None) -> TrainResult:
-        """The MLflow status, the last shipping, the record released; what the run reports back."""
+        """The MLflow status, the last shipping, the record released; what the run reports back. A record whose
+        disk is full gets what it can; MLflow gets the rest from here."""
         record = self.record
-        record.status(self.final_status)
+        try:
+            record.status(self.final_status)
+            unrecorded_status = None
+        except RecordDiskFull:
+            unrecorded_status = self.final_status
         unshipped = self.shipper.close(ship_timeout_s)
         record.close()
-        record.release()
+        try:
+            record.release()
+        except OSError:  # a full disk: record.json still names this process, which ends; the claim goes with it
+            record.let_go()
+        if self.unrecorded or unrecorded_status is not None:  # after the shipper sent everything before it
+            mlflow_run.tell_run(self.client, record.run_id, self.unrecorded, unrecorded_status)
         if unshipped:
             print(
                 f"ncflow: MLflow at {self.client.tracking_uri} did not take {unshipped} journal entries of run "
@@ -192,10 +225,11 @@ def run_recorded(
 ) -> TrainResult:
     """The loop inside an open run. Any exception, Ctrl-C, SIGTERM or SIGHUP leaves the run FAILED/KILLED
     with its reason and a resumable state; what MLflow has not taken yet stays in the record."""
-    run = RecordedRun(setup, client, record, place).begin()
+    run = RecordedRun(setup, client, record, place)
     try:
         with termination_as_interrupt():
             try:
+                run.begin()
                 loop.run_epochs(setup, run.sink, progress)
             finally:
                 run.sink.close()  # the last finished epoch's state and last.pt, also after a crash
@@ -245,88 +279,22 @@ def opened(
     """A new MLflow run (adopted under `mlflow run`) and its local record."""
     run_id = mlflow_run.open_run(client, config, sweep=sweep, parent_run_id=parent_run_id, extra_tags=extra_tags)
     place = place_of(client, run_id)  # read now: the store may be down when the run ends
-    record = RunRecord.create(root, run_id, {"tracking_uri": client.tracking_uri, "experiment": config.experiment})
+    try:
+        record = RunRecord.create(root, run_id, {"tracking_uri": client.tracking_uri, "experiment": config.experiment})
+    except OSError as error:  # a full disk: the run just opened must not stay RUNNING, nor be called resumable
+        raise failed_without_record(client, run_id, root / run_id, error) from None
     return record, place
 
 
-# ------------------------------------------------------------------------------------------------ resume
-
-
-def refuse_live_run(run: Any, record: RunRecord) -> None:
-    """A run whose process still trains must not get a second one.
-
-    The local record knows best (its owner's pid and start time); without one (another machine's run),
-    the heartbeat tag decides.
-    """
-    if record.exists():
-        owner = record.owner()
-        if owner is not None and owner.is_alive():
-            raise ConfigError(f"resume: run {run.info.run_id} is still training ({owner.label()}); stop it first")
-        return  # released, or its process is gone: whatever the heartbeat says, nobody trains it
-    beat = parse_heartbeat(run.data.tags.get(schema.TAG_HEARTBEAT))
-    if run.info.status == "RUNNING" and beat is not None and time.time() - beat[0] < RUN_STALE_AFTER_S:
-        raise ConfigError(
-            f"resume: run {run.info.run_id} is still training (heartbeat {time.time() - beat[0]:.0f} s ago from "
-            f"{beat[1]} pid {beat[2]}); a run is stale {RUN_STALE_AFTER_S:.0f} s after its last heartbeat"
-        )
-
-
-def resume_state(
-    client: MlflowClient, run_id: str, root: Path, config: RunConfig
-) -> tuple[RunRecord, dict[str, Any], dict[int, Any]]:
-    """The record to continue in, the newest resume state, and the rows already logged after it."""
-    local = RunRecord(root / run_id)
-    if local.state_path.exists():
-        try:
-            state = mlflow_run.load_state_file(local.state_path, str(local.state_path))
-        except ValueError as error:
-            raise ConfigError(f"resume: {error}; remove it to resume from MLflow's {schema.checkpoint_path('last')}") from None
-        return local, state, local.epoch_rows()
-    try:
-        state = mlflow_run.load_checkpoint(client, run_id, schema.CHECKPOINT_LAST)
-    except MlflowException:
-        raise ConfigError(
-            f"resume: run {run_id} has no resume state: looked for {local.state_path} and for the MLflow artifact "
-            f"{schema.checkpoint_path(schema.CHECKPOINT_LAST)} in {client.tracking_uri}"
-        ) from None
-    except ValueError as error:
-        raise ConfigError(f"resume: {error}") from None
-    record = RunRecord.create(root, run_id, {"tracking_uri": client.tracking_uri})
-    keys = (*schema.PER_EPOCH_METRICS, *optional_metrics.optional_metric_names(config))
-    return record, state, mlflow_run.logged_epoch_rows(client, run_id, after=int(state["epoch"]), keys=keys)
-
-
-def resume(
-    run_id: str,
-    *,
-    tracking_uri: str = "",
-    progress: bool = True,
-    force: bool = False,
-    record_dir: str | Path | None = None,
-    ship_timeout_s: float | None = SHIP_TIMEOUT_S,
-) -> TrainResult:
-    """Continue a run whose process ended (crash, Ctrl-C, SIGTERM, SIGKILL, OOM) in the same MLflow run.
-
-    Every epoch gets exactly one row: epochs already logged before the process died are retrained to rebuild
-    the state but keep their logged rows. Refuses (ConfigError) a live run, a FINISHED run without `force`,
-    a run that is not an ncflow training run, and a missing or unreadable resume state.
-    """
-    client = mlflow_run.client_for_uri(tracking_uri or None)
-    mlflow_run.require_run(client, run_id, "resume")
-    run = client.get_run(run_id)
-    kind = run.data.tags.get(schema.TAG_KIND)
-    if kind != schema.KIND_TRAIN:
-        raise ConfigError(f"resume: run {run_id} is not an ncflow training run (tag {schema.TAG_KIND} is {kind!r})")
-    if run.info.status == "FINISHED" and not force:
-        raise ConfigError(f"resume: run {run_id} is FINISHED; --force continues it anyway")
-    root = record_root(record_dir)
-    refuse_live_run(run, RunRecord(root / run_id))
-    config = mlflow_run.config_of_run(client, run_id)
-    record, state, recorded = resume_state(client, run_id, root, config)
-    setup = run_setup.prepare(config.replace(init_from="none", rescale_alpha=1.0), run.data.metrics.get(schema.FN_REF))
-    setup.config = config
-    run_setup.restore(setup, state, recorded)
-    record.claim({"tracking_uri": client.tracking_uri})
-    record.status("RUNNING")
-    record.tags({schema.TAG_STATUS: schema.STATUS_RUNNING, schema.TAG_FAIL_REASON: ""})
-    return run_recorded(setup, client, record, progress, ship_timeout_s, place_of(client, run_id))
+def failed_without_record(client: MlflowClient, run_id: str, directory: Path, error: OSError) -> OSError:
+    """End a run whose record could not be created FAILED in MLflow, with its reason and a description that says it
+    cannot be resumed; the error to raise (a full disk as RecordDiskFull, saying what became of the run)."""
+    raised = no_space(error, Path(error.filename) if error.filename else directory, None)
+    reason = f"{type(raised).__name__}: {raised}"
+    why = f"has no resume state: its record {directory} could not be written"
+    tags = {schema.TAG_STATUS: schema.STATUS_FAILED, schema.TAG_FAIL_REASON: reason[:5000],
+            schema.TAG_NOTE: messages.failure_note(run_id, 0, reason, False, why)}
+    mlflow_run.tell_run(client, run_id, tags, "FAILED")
+    if isinstance(raised, RecordDiskFull):
+        raised.outcomes.append(f"run {run_id} FAILED and cannot be resumed (it {why})")
+    return raised
