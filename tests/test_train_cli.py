@@ -77,7 +77,7 @@ def test_train_cli_logs_everything(store, tmp_path: Path):
     assert lines[3].split() == ["store", store]
     assert lines[4].split() == ["figure", f"{run.info.artifact_uri}/figures/dynamics.png"]
     assert lines[5].split() == ["see", "it", "mlflow", "ui", "--backend-store-uri", store, "then",
-                                f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}"]
+                                f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"]
     note = tags["mlflow.note.content"]
     assert note.startswith(f"**collapsed** at **T_NC = {int(t_nc)}**, **fn\\* = {metrics['collapse/fn_star']:.4f}**")
     assert "(collapse: NC1 < ε = 0.9)" in note and "Phase 1 (cross-entropy) epochs 1–3, Phase 2" in note
@@ -165,3 +165,11 @@ def test_etf_classifier_is_an_exact_simplex_and_stays_fixed(store, tmp_path: Pat
     bad = CliRunner().invoke(main, ["train", "--quiet", *TINY, "--classifier", "etf", "--width", "8"])
     assert bad.exit_code == 2
     assert bad.output.strip() == "Error: classifier: etf needs a feature dimension of at least K − 1 = 9, got 8"
+
+
+def test_printed_ui_links_open_the_model_training_view():
+    from ncflow.tracked.messages import RunPlace, see_it, ui_page
+
+    place = RunPlace("abc123", "mlp2-s0", "ncflow", "3", "http://mlflow.lab:5000/", "mlflow-artifacts:/3/abc123")
+    assert see_it(place) == "http://mlflow.lab:5000/#/experiments/3/runs/abc123?workflowType=machine_learning"
+    assert ui_page("http://127.0.0.1:5000", "3") == "http://127.0.0.1:5000/#/experiments/3?workflowType=machine_learning"

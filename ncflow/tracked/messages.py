@@ -109,12 +109,24 @@ class RunPlace:
     artifact_uri: str
 
 
+# MLflow 3.17's UI shows an experiment as GenAI work (a traces dashboard, "Evaluation runs") unless its "Model
+# training" switch is set, and a link can set it with this URL parameter: checked in headless Chromium, the experiment
+# page then opens on the runs table and a run page's breadcrumb reads "Runs" (docs/images/ui_*_page.png).
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def ui_page(base_url: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI page of an experiment's runs, or of one run, in the Model-training view."""
+    run = f"/runs/{run_id}" if run_id else ""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}{run}?{MODEL_TRAINING_VIEW}"
+
+
 def see_it(place: RunPlace) -> str:
     """How to open the run in the MLflow UI: its page on the server, or the `mlflow ui` command and the page."""
     if place.tracking_uri.startswith(("http://", "https://")):
-        return f"{place.tracking_uri.rstrip('/')}/#/experiments/{place.experiment_id}/runs/{place.run_id}"
+        return ui_page(place.tracking_uri, place.experiment_id, place.run_id)
     return (f"mlflow ui --backend-store-uri {place.tracking_uri}   then "
-            f"http://127.0.0.1:5000/#/experiments/{place.experiment_id}/runs/{place.run_id}")
+            + ui_page("http://127.0.0.1:5000", place.experiment_id, place.run_id))
 
 
 def end_message(place: RunPlace, status: str, t_nc: int | None, fn_star: float | None) -> Sequence[str]:
