@@ -207,15 +207,19 @@ def logged_epoch_rows(
     return {step: {"ts": stamps[step], **row} for step, row in complete.items()}
 
 
-def tell_run(client: MlflowClient, run_id: str, tags: Mapping[str, str], status: str | None) -> None:
-    """Tags and the final status straight to MLflow, for what a run's local record could not take (a full disk).
-    A store that is away too is one line on stderr: the run stays as MLflow last heard of it."""
+def tell_run(client: MlflowClient, run_id: str, tags: Mapping[str, str], status: str | None,
+             quiet: bool = False) -> None:
+    """Tags and the final status straight to MLflow, for what a run's local record could not take (a full disk, a
+    bad start). A store that is away too is one line on stderr (none when `quiet`): the run stays as MLflow last
+    heard of it."""
     try:
         if tags:
             client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()], synchronous=True)
         if status is not None:
             client.set_terminated(run_id, status=status)
     except Exception as error:
+        if quiet:
+            return
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"ncflow: could not tell MLflow at {client.tracking_uri} how run {run_id} ended: {first}",
               file=sys.stderr)
@@ -232,14 +236,12 @@ def fail_adopted_run(reason: str) -> None:
     with suppress(Exception):
         uri = resolve_tracking_uri(None)
         check_store(uri)  # a store that is down would otherwise keep this exit waiting for minutes
-        client = MlflowClient(tracking_uri=uri)
         tags = {
             schema.TAG_STATUS: schema.STATUS_FAILED,
             schema.TAG_FAIL_REASON: reason[:5000],
             schema.TAG_NOTE: f"**ncflow did not start:** {reason}",
         }
-        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()], synchronous=True)
-        client.set_terminated(run_id, status="FAILED")
+        tell_run(MlflowClient(tracking_uri=uri), run_id, tags, "FAILED", quiet=True)
 
 
 def config_of_run(client: MlflowClient, run_id: str) -> RunConfig:

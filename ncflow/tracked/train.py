@@ -121,7 +121,7 @@ def place_of(client: MlflowClient, run_id: str) -> messages.RunPlace:
     run = client.get_run(run_id)
     experiment = client.get_experiment(run.info.experiment_id)
     return messages.RunPlace(run_id, run.info.run_name or "", experiment.name, experiment.experiment_id,
-                                client.tracking_uri, run.info.artifact_uri)
+                             client.tracking_uri, run.info.artifact_uri)
 
 
 @dataclass
@@ -179,9 +179,7 @@ class RecordedRun:
                            schema.TAG_NOTE: note})
         self.final_status = "KILLED" if interrupted else "FAILED"
         if isinstance(error, RecordDiskFull):
-            error.outcomes.append(f"run {run_id} FAILED: free space, then `ncflow train --resume {run_id}`"
-                                  if resume.resumable
-                                  else f"run {run_id} FAILED and cannot be resumed (it {resume.why})")
+            error.outcomes.append(disk_full_outcome(run_id, resume.resumable, resume.why))
         note_stopped_run(error, self.record.run_id)  # the command line's last line names it
 
     def _record_tags(self, tags: Mapping[str, str]) -> None:
@@ -296,5 +294,12 @@ def failed_without_record(client: MlflowClient, run_id: str, directory: Path, er
             schema.TAG_NOTE: messages.failure_note(run_id, 0, reason, False, why)}
     mlflow_run.tell_run(client, run_id, tags, "FAILED")
     if isinstance(raised, RecordDiskFull):
-        raised.outcomes.append(f"run {run_id} FAILED and cannot be resumed (it {why})")
+        raised.outcomes.append(disk_full_outcome(run_id, False, why))
     return raised
+
+
+def disk_full_outcome(run_id: str, resumable: bool, why: str) -> str:
+    """What a full disk made of a run, for the command line's one line: how to continue it, or why it cannot be."""
+    if resumable:
+        return f"run {run_id} FAILED: free space, then `ncflow train --resume {run_id}`"
+    return f"run {run_id} FAILED and cannot be resumed (it {why})"
