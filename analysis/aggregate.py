@@ -4,7 +4,8 @@
 first use and then kept: every paper family's per-condition estimates (`Family`: N, collapsed count, ε, and
 `Summary` cells of T_NC and fn* with their intervals), the architecture × dataset grid (ANOVA, conditional
 effects), the width trend (log-log fit, Pearson r), the intervention t-tests, the threshold-robustness ratios,
-Table 5's pooled fn*, the early-warning lead times, and the studies beyond the paper (`analysis.extra_studies`).
+Table 5's pooled fn*, the early-warning lead times, and the studies beyond the paper (`analysis.extra_studies`);
+`Estimates.at(ε)` is the same runs read at one logged ε (`analysis.epsilon`).
 `analysis.tables` and `analysis.figures` read these and never call `analysis.stats` themselves.
 
 Conventions: N counts the used runs of a condition; T_NC, fn* and their intervals aggregate its collapsed runs
@@ -14,7 +15,7 @@ Conventions: N counts the used runs of a condition; T_NC, fn* and their interval
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Mapping, Sequence
 
@@ -22,6 +23,7 @@ import pandas as pd
 
 from analysis import stats
 from analysis.early_warning import LeadTime, lead_time_estimates
+from analysis.epsilon import runs_at
 from analysis.extra_studies import ExtraStudies
 from analysis.selection import (
     Histories,
@@ -140,6 +142,34 @@ def threshold_ratios(runs: pd.DataFrame) -> Threshold | None:
     return Threshold(pd.DataFrame(rows), stats.describe([row["ratio"] for row in rows]))
 
 
+def threshold_across(runs: pd.DataFrame) -> pd.DataFrame:
+    """Table 1 at every logged ε: per ReLU two-phase condition (a run name without its seed; no intervention),
+    whatever ε its own rule gives: N, that rule's ε, and per ε of `schema.EXTRA_THRESHOLDS` the runs collapsed there
+    (`k_<ε>`) and their fn* (`fn_star_<ε>`, a Summary); `ratio_<ε>` = mean fn*(ε) / mean fn*(0.01) over the runs that
+    collapsed at 0.01 (they collapsed at every larger ε too: NC1 below 0.01 is below 0.02 first). Empty without runs."""
+    used = select(runs).used
+    used = used[(column(used, "activation") == "relu") & ~is_intervention(used)
+                & column(used, "protocol").isin(["two-phase"])]
+    if used.empty:
+        return pd.DataFrame()
+    used = used.assign(label=column(used, "run_name").astype(str).str.replace(r"-s\d+$", "", regex=True))
+    lowest = min(schema.EXTRA_THRESHOLDS)
+    rows = []
+    for label, group in used.groupby("label", sort=True):
+        thresholds = column(group, schema.COLLAPSE_THRESHOLD).dropna().unique()
+        row: dict[str, object] = {"condition": label, "n": len(group),
+                                  "paper_eps": float(thresholds[0]) if len(thresholds) == 1 else math.nan}
+        paired = group[column(group, schema.fn_star_at(lowest)).notna()]
+        for eps in schema.EXTRA_THRESHOLDS:
+            fn_star = column(group, schema.fn_star_at(eps))
+            row[f"k_{eps:g}"] = int(column(group, schema.t_nc_at(eps)).notna().sum())
+            row[f"fn_star_{eps:g}"] = stats.describe(fn_star[column(group, schema.t_nc_at(eps)).notna()])
+            base = column(paired, schema.fn_star_at(lowest)).mean()
+            row[f"ratio_{eps:g}"] = float(column(paired, schema.fn_star_at(eps)).mean() / base) if len(paired) else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 @dataclass(frozen=True)
 class Grid:
     """fn* over the architecture × dataset grid (ReLU, two-phase, no intervention), pooled over conditions."""
@@ -149,6 +179,8 @@ class Grid:
     anova: AnovaResult  # between the cells' collapsed fn*
     effects: GridEffects | None  # the conditional effects, when a 2 × 2 grid is complete
     reference_fn_star: float  # mean fn* of the MLP on mnist (dotted in Figures 2 and 7)
+    # per data set with both architectures: the architecture effect on fn* (MLP → ResNet) and its 95 % bootstrap CI
+    architecture_effects: dict[str, tuple[str, str, Effect, tuple[float, float]]] = field(default_factory=dict)
 
     @property
     def n_cells(self) -> int:
@@ -171,7 +203,22 @@ def grid_estimates(runs: pd.DataFrame) -> Grid | None:
     means = {(r.architecture, r.dataset): r.fn_star.mean for r in summary.itertuples() if r.fn_star.n}
     mlp = cells[(column(cells, "arch") == "mlp") & (column(cells, "dataset") == "mnist")]
     reference = float(column(mlp, FN_STAR).mean()) if len(mlp) else math.nan
-    return Grid(cells, summary, anova, grid_effects(means), reference)
+    return Grid(cells, summary, anova, grid_effects(means), reference, architecture_effects(collapsed))
+
+
+def architecture_effects(collapsed: pd.DataFrame) -> dict[str, tuple[str, str, Effect, tuple[float, float]]]:
+    """Per data set with an MLP and another architecture collapsed: (MLP label, other label, the effect of the
+    architecture on mean fn*, the 95 % bootstrap CI of its relative size) — the paper's +458 % on MNIST."""
+    found = {}
+    for dataset, group in collapsed.groupby("dataset", sort=True):
+        by_arch = {label: column(cells, FN_STAR).to_numpy() for label, cells in group.groupby("cell_arch")}
+        mlps = sorted(label for label in by_arch if label.startswith("MLP"))
+        others = sorted(label for label in by_arch if not label.startswith("MLP"))
+        if mlps and others:
+            base, other = by_arch[mlps[0]], by_arch[others[0]]
+            found[str(dataset)] = (mlps[0], others[0], stats.effect(float(base.mean()), float(other.mean())),
+                                   stats.relative_effect_interval(base, other))
+    return found
 
 
 def grid_effects(means: Mapping[tuple[str, str], float]) -> GridEffects | None:
@@ -276,6 +323,15 @@ class Estimates:
         self.histories = histories
         self.lead = lead  # the fixed lead of the early-warning rule T_cross + lead
         self._families: dict[str, Family] = {}
+        self._readings: dict[float, Estimates] = {}
+
+    def at(self, eps: float | None) -> Estimates:
+        """These runs read at `eps` (`analysis.epsilon.runs_at`; None: as they are), with the same histories."""
+        if eps is None:
+            return self
+        if eps not in self._readings:
+            self._readings[eps] = Estimates(runs_at(self.runs, eps), self.lookup, self.lead)
+        return self._readings[eps]
 
     def family(self, param: str) -> Family:
         """The paper family varying `param` (see `analysis.selection.family`)."""
@@ -291,6 +347,11 @@ class Estimates:
     @cached_property
     def threshold(self) -> Threshold | None:
         return threshold_ratios(self.runs)
+
+    @cached_property
+    def threshold_across(self) -> pd.DataFrame:
+        """Table 1 at every logged ε (`threshold_across`)."""
+        return threshold_across(self.runs)
 
     @cached_property
     def grid(self) -> Grid | None:

@@ -42,6 +42,8 @@ TABLES = (
            "runs differing only in the imbalance ratio ρ (`ncflow sweep imbalance`)"),
     Output("table_etf", "Fixed simplex-ETF classifier (learned vs ETF head)",
            "runs differing only in the classifier, learned vs `--classifier etf` (`ncflow sweep etf`)"),
+    Output("table_monitored", "Own models (runs measured through ncflow's library)",
+           "finished runs of `CollapseMonitor` or its Lightning / Trainer callbacks (docs/library.md)"),
 )
 
 FIGURES = (

@@ -68,7 +68,8 @@ def claim_weight_decay_frozen(estimates: Estimates) -> Claim:
     if row.empty:
         return Claim(claim, test, published, "no run at λ = 5e-4", TOO_FEW)
     r = row.iloc[0]
-    ours = f"{int(r['n_collapsed'])}/{int(r['n'])} collapsed, final NC1 {r['final_nc1']:.3f}"
+    ours = f"{int(r['n_collapsed'])}/{int(r['n'])} collapsed"
+    ours += "" if np.isnan(r["final_nc1"]) else f", final NC1 {r['final_nc1']:.3f}"  # of those that did not
     return Claim(claim, test, published, ours, HOLDS if r["n_collapsed"] == 0 else FAILS)
 
 

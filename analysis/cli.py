@@ -14,8 +14,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import sqlite3
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import click
 import pandas as pd
@@ -109,6 +110,8 @@ def runs_listing(frame: pd.DataFrame) -> str:
         "run": frame["run_name"], "sweep": frame["sweep"].fillna("-"), "status": frame["status"].fillna("-"),
         "T_NC": text(schema.T_NC, ".0f"), "fn*": text(schema.FN_STAR, ".3f"), "NC1": text(schema.NC1, ".4f"),
     })
+    if "step_unit" in frame.columns and (frame["step_unit"] == "step").any():  # grokking: T_NC counts optimiser steps
+        listing["T_NC counts"] = frame["step_unit"].fillna("epoch").map({"epoch": "epochs", "step": "steps"})
     counts = frame["status"].fillna("untagged").value_counts().sort_index()
     summary = f"{len(frame)} runs: " + ", ".join(f"{n} {status}" for status, n in counts.items())
     return listing.to_string(index=False) + "\n" + summary + f" (read from {reporting.experiments_read(frame)})"
@@ -191,7 +194,7 @@ def report(source: Source, out: Path, formats: tuple[str, ...], figure_formats: 
     """
     with clean_errors(source):
         outcome = reporting.build_report(source, out, formats, figure_formats, force, compare == "paper")
-        click.echo(outcome.describe())
+        click.echo("\n".join((outcome.describe(), *outcome.comparisons)))  # with --compare paper: what is filled
         if log_run:
             run_id = reporting.log_report(source, out, outcome.n_runs)
             experiment = source.experiment or schema.DEFAULT_EXPERIMENT

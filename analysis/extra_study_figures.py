@@ -32,6 +32,16 @@ IMBALANCE_PANELS = (  # (summary column, panel title, y label, log y)
 )
 
 
+def over_seeds(counts: Sequence[int], what: str = "mean") -> str:
+    """What a figure's curves or points are, for its title, as the seed counts behind them say: `mean over 3 seeds`,
+    `mean over 1–3 seeds`, or `one seed` / `one seed each` when nothing is averaged."""
+    counts = [int(n) for n in counts if n]
+    if not counts or max(counts) == 1:
+        return "one seed" if len(counts) <= 1 else "one seed each"
+    low, high = min(counts), max(counts)
+    return f"{what} over {high} seeds" if low == high else f"{what} over {low}–{high} seeds"
+
+
 def _mark_panel(ax: Axes, panel: CurvePanel) -> None:
     """ε dotted and the CE → MSE switch dashed, when known; log y; the legend."""
     if not math.isnan(panel.threshold):
@@ -42,7 +52,8 @@ def _mark_panel(ax: Axes, panel: CurvePanel) -> None:
 
 
 def figure_layerwise(estimates: Estimates) -> Figure | None:
-    """NC1 of every hidden layer over the epochs (mean over seeds, log y), a panel per layer-wise condition."""
+    """NC1 of every hidden layer over the epochs (mean over seeds, log y), a panel per layer-wise condition; the
+    title says over how many seeds (`over_seeds`)."""
     study = estimates.extra_studies.layerwise
     panels = [c.curves for c in (study.conditions if study else ()) if not c.curves.curves.empty][:MAX_PANELS]
     if not panels:
@@ -58,7 +69,7 @@ def figure_layerwise(estimates: Estimates) -> Figure | None:
         ax.set(title=f"{panel.label} ({count(len(panel.runs), 'seed')})", xlabel="epoch", ylabel="NC1 of the layer's output")
         _mark_panel(ax, panel)
         ax.legend(fontsize="x-small", loc="lower left", ncols=2)  # the curves fall from the upper left
-    axes[0].figure.suptitle("Layer-wise NC1 (mean over seeds)")
+    axes[0].figure.suptitle(f"Layer-wise NC1 ({over_seeds([len(panel.runs) for panel in panels])})")
     return axes[0].figure
 
 
@@ -92,12 +103,14 @@ def figure_imbalance(estimates: Estimates) -> Figure | None:
         ax.set(title=title, xlabel="imbalance ratio ρ", ylabel=ylabel)
     axes[2].axhline(1.0, color="C3", linestyle=":", linewidth=1, label="merged (cos = 1)")
     add_legend(axes[2])
-    axes[0].figure.suptitle("Class imbalance: collapse and minority collapse against ρ (mean ± std over seeds)")
+    seeds = over_seeds(numbers["n"] if "n" in numbers else [], "mean ± std")
+    axes[0].figure.suptitle(f"Class imbalance: collapse and minority collapse against ρ ({seeds})")
     return axes[0].figure
 
 
 def figure_train_test_nc1(estimates: Estimates) -> Figure | None:
-    """Train and test NC1 over the epochs (mean over seeds, log y) for up to four conditions."""
+    """Train and test NC1 over the epochs (mean over seeds, log y) for up to four conditions; the title says over
+    how many seeds (`over_seeds`)."""
     panels = estimates.extra_studies.train_test
     if not panels:
         return None
@@ -109,7 +122,8 @@ def figure_train_test_nc1(estimates: Estimates) -> Figure | None:
                 ax.plot(series.index, series.to_numpy(), color=color, linewidth=1.2, label=label, gid=key)
         ax.set(title=f"{panel.label} ({count(len(panel.runs), 'seed')})", xlabel="epoch", ylabel="NC1")
         _mark_panel(ax, panel)
-    axes[0].figure.suptitle("Test-set collapse: NC1 on the training and the test set (mean over seeds)")
+    seeds = over_seeds([len(panel.runs) for panel in panels])
+    axes[0].figure.suptitle(f"Test-set collapse: train and test NC1 ({seeds})")
     return axes[0].figure
 
 

@@ -15,6 +15,7 @@ import pandas as pd
 
 from analysis.aggregate import Estimates, numeric
 from analysis.extra_studies import LayerStudy, ValueStudy, threshold_of
+from analysis.monitored_runs import monitored_table
 from analysis.render import Table, fmt_pm, fmt_threshold, fmt_value
 from analysis.stats import Summary
 from analysis.tables import describe_fixed
@@ -129,11 +130,13 @@ def etf_table(study: ValueStudy | None) -> Table | None:
 
 
 def build_extra_study_tables(estimates: Estimates) -> dict[str, Table]:
-    """Every table beyond the paper whose runs exist: `table_layerwise`, `table_imbalance`, `table_etf`."""
+    """Every table beyond the paper whose runs exist: `table_layerwise`, `table_imbalance`, `table_etf`, and
+    `table_monitored` (the user's own models, measured through the library)."""
     studies = estimates.extra_studies
     builders: dict[str, Callable[[], Table | None]] = {
         "table_layerwise": lambda: layerwise_table(studies.layerwise),
         "table_imbalance": lambda: imbalance_table(studies.imbalance),
         "table_etf": lambda: etf_table(studies.etf),
+        "table_monitored": lambda: monitored_table(estimates.runs),
     }
     return {stem: table for stem, build in builders.items() if (table := build()) is not None}

@@ -18,7 +18,7 @@ from matplotlib.layout_engine import PlaceHolderLayoutEngine
 
 from analysis.aggregate import Estimates
 from analysis.plots import plot_fn_star_points, plot_lead_time, plot_power_law, plot_sweep, plot_trajectories
-from analysis.render import LABELS, fmt_value
+from analysis.render import LABELS, count, fmt_value
 from analysis.selection import baseline_run, column, first_seed
 from analysis.stats import Summary
 from ncshared.dynamics_figure import DPI, add_legend, mark_vertical, new_axes, plot_dynamics, run_value
@@ -68,7 +68,7 @@ def grid_figures(estimates: Estimates) -> dict[str, Figure]:
     for (label, dataset), used in resnet.groupby(["cell_arch", "dataset"]):
         number = GRID_FIGURES.get(str(dataset), "fig")
         figures[f"{number}_resnet20_{dataset}"] = figure_condition(
-            used, estimates.lookup, f"ResNet-20 on {dataset} ({len(used)} seeds{note})",
+            used, estimates.lookup, f"ResNet-20 on {dataset} ({count(len(used), 'seed')}{note})",
             grid.fn_star(label, dataset), grid.reference_fn_star)
     return figures
 

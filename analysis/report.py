@@ -24,6 +24,7 @@ import mlflow
 import pandas as pd
 
 from analysis import catalogue, layer_store, store
+from analysis.render import count
 from analysis.run_history import ENDED_STATUSES
 from ncshared import schema
 from ncshared.mlflow_env import adopted_run_id, resolve_tracking_uri
@@ -131,14 +132,15 @@ def _files_line(paths: Sequence[Path], out_dir: Path) -> str:
 
 
 def report_markdown(source: Source, runs: pd.DataFrame, tables: Written, figures: list[Path], out_dir: Path,
-                    compared: Written | None = None) -> str:
-    """report.md: where the runs came from, the claims and side-by-side tables when compared with the paper,
-    every table (inlined, with its files), every figure, and what could not be written."""
+                    compared: Written | None = None, coverage: Sequence[Any] = ()) -> str:
+    """report.md: where the runs came from, the claims and side-by-side tables when compared with the paper (first
+    which comparisons the runs fill and what each empty one needs: `analysis.paper_coverage`), every table (inlined,
+    with its files), every figure, and what could not be written."""
     counts = runs["status"].fillna("untagged").value_counts().sort_index()
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# ncflow analysis report", "",
-        f"Source: {source.describe()} — {len(runs)} runs "
+        f"Source: {source.describe()} — {count(len(runs), 'run')} "
         f"({', '.join(f'{n} {status}' for status, n in counts.items())}) read from {experiments_read(runs)}. "
         f"Generated {stamp} with MLflow {mlflow.__version__}.", "",
     ]
@@ -146,6 +148,10 @@ def report_markdown(source: Source, runs: pd.DataFrame, tables: Written, figures
         lines += ["## Beside the paper", "",
                   "The paper's published values (`analysis/paper_values.py`) next to these runs; "
                   "Δ = ncflow − paper.", ""]
+        if coverage:
+            from analysis.paper_coverage import markdown_lines
+
+            lines += markdown_lines(list(coverage))
         lines += _table_sections(compared, out_dir)
     lines += ["## Tables", ""]
     if not tables:
@@ -198,18 +204,24 @@ def write_comparisons(estimates: "Estimates", out_dir: Path, formats: Sequence[s
 
 
 def write_report(source: Source, runs: pd.DataFrame, out_dir: Path, table_formats: Sequence[str],
-                 figure_formats: Sequence[str], compare: bool = False) -> tuple[Written, list[Path]]:
+                 figure_formats: Sequence[str], compare: bool = False) -> tuple[Written, list[Path], list[Any]]:
     """Histories, then every table and figure (from one set of estimates), then report.md, under out_dir.
-    With `compare`, also the paper's values beside ours and the claims table (returned among the tables)."""
+    With `compare`, also the paper's values beside ours and the claims table (returned among the tables), and which
+    comparisons the runs fill (`analysis.paper_coverage.Coverage`, empty without `compare`)."""
     estimates = estimates_of(runs, read_histories(source, runs))
     written = write_tables(estimates, out_dir / "tables", table_formats)
     compared = write_comparisons(estimates, out_dir / "tables", table_formats) if compare else {}
+    found = []
+    if compare:
+        from analysis.paper_coverage import coverage
+
+        found = coverage(estimates)
     figure_paths = write_figures(estimates, out_dir / "figures", figure_formats)
-    markdown = report_markdown(source, runs, written, figure_paths, out_dir, compared)
+    markdown = report_markdown(source, runs, written, figure_paths, out_dir, compared, found)
     written = {**written, **compared}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / REPORT_FILE).write_text(markdown, encoding="utf-8")
-    return written, figure_paths
+    return written, figure_paths, found
 
 
 @dataclass(frozen=True)
@@ -223,15 +235,19 @@ class Outcome:
     reused: bool  # the manifest matched: nothing was rewritten
     experiments: str = ""  # `experiments_read` of the runs
     n_not_written: int = 0  # the paper's tables and figures the runs did not allow (listed in report.md)
+    comparisons: tuple[str, ...] = ()  # with --compare paper: how many comparisons are filled, what empty ones need
 
     def describe(self) -> str:
+        """One line (n_tables counts the tables with runs in them: an empty comparison is not one); `comparisons` has
+        the lines that follow it with --compare paper."""
         read = f" in {self.experiments}" if self.experiments else ""
         if self.n_not_written:
             read += f"; {self.n_not_written} of the paper's tables and figures not written (report.md says why)"
+        tables, runs = count(self.n_tables, "table"), count(self.n_runs, "run")
         if self.reused:
-            return (f"{self.path}: up to date, {self.n_tables} tables, {self.n_figure_files} figure files "
-                    f"from {self.n_runs} runs{read} (store unchanged; --force rebuilds)")
-        return f"{self.path}: {self.n_tables} tables, {self.n_figure_files} figure files from {self.n_runs} runs{read}"
+            return (f"{self.path}: up to date, {tables}, {self.n_figure_files} figure files "
+                    f"from {runs}{read} (store unchanged; --force rebuilds)")
+        return f"{self.path}: {tables}, {self.n_figure_files} figure files from {runs}{read}"
 
 
 def build_report(source: Source, out_dir: Path, table_formats: Sequence[str], figure_formats: Sequence[str],
@@ -244,15 +260,23 @@ def build_report(source: Source, out_dir: Path, table_formats: Sequence[str], fi
     report_path = out_dir / REPORT_FILE
     if manifest is not None:
         return Outcome(report_path, len(runs), manifest["tables"], manifest["figure_files"], reused=True,
-                       experiments=experiments_read(runs), n_not_written=manifest.get("not_written", 0))
+                       experiments=experiments_read(runs), n_not_written=manifest.get("not_written", 0),
+                       comparisons=tuple(manifest.get("comparisons", ())))
     (out_dir / MANIFEST).unlink(missing_ok=True)  # a rebuild that fails half-way leaves no manifest behind
-    written, figure_paths = write_report(source, runs, out_dir, table_formats, figure_formats, compare)
+    written, figure_paths, found = write_report(source, runs, out_dir, table_formats, figure_formats, compare)
     absent = len(not_written(written, figure_paths))
+    comparisons: tuple[str, ...] = ()
+    n_tables = len(written)
+    if found:
+        from analysis.paper_coverage import filled_stems, summary_lines
+
+        comparisons, n_tables = tuple(summary_lines(found)), len(filled_stems(written, found))
     if key is not None:
         table_paths = [path for _, paths in written.values() for path in paths]
-        write_manifest(out_dir, key, len(runs), len(written), [report_path, *table_paths, *figure_paths], absent)
-    return Outcome(report_path, len(runs), len(written), len(figure_paths), reused=False,
-                   experiments=experiments_read(runs), n_not_written=absent)
+        write_manifest(out_dir, key, len(runs), n_tables, [report_path, *table_paths, *figure_paths], absent,
+                       comparisons)
+    return Outcome(report_path, len(runs), n_tables, len(figure_paths), reused=False,
+                   experiments=experiments_read(runs), n_not_written=absent, comparisons=comparisons)
 
 
 def log_report(source: Source, out_dir: Path, n_runs: int) -> str:
@@ -340,9 +364,10 @@ def reusable(out_dir: Path, key: str | None) -> dict[str, Any] | None:
 
 
 def write_manifest(out_dir: Path, key: str, n_runs: int, n_tables: int, paths: Sequence[Path],
-                   not_written: int = 0) -> None:
+                   not_written: int = 0, comparisons: Sequence[str] = ()) -> None:
     """Record the report's key and files (relative path → size); written last, so it vouches for them all."""
     files = {_link(path, out_dir): path.stat().st_size for path in paths}
     manifest = {"key": key, "runs": n_runs, "tables": n_tables, "not_written": not_written,
+                "comparisons": list(comparisons),
                 "figure_files": sum(1 for name in files if name.startswith("figures/")), "files": files}
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")

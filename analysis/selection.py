@@ -72,7 +72,36 @@ class Selection:
             notes.append(f"Ignored {count(len(self.unfinished), 'unfinished run')} ({parts}).")
         if self.duplicates:
             notes.append(f"Dropped {count(self.duplicates, 'repeated run')} (same condition and seed; latest kept).")
-        return notes
+        return notes + mixed_provenance(self.used)
+
+
+# What the runs of one condition must share to be aggregated as one: the runs-frame column → its name in a note.
+SHARED_PROVENANCE = {"git_commit": "commit", "env_torch": "torch", "env_device": "device", "env_threads": "threads"}
+MAX_LISTED = 4  # conditions named in one note
+
+
+def mixed_provenance(used: pd.DataFrame) -> list[str]:
+    """A warning when the runs aggregated for one condition ran different code or numerics (`SHARED_PROVENANCE`): each
+    such condition (a run name without its seed) and its differing values; runs that recorded none are not compared."""
+    if used.empty or "condition" not in used.columns:
+        return []
+    found = []
+    for _, group in used.groupby("condition", sort=True):
+        parts = []
+        for name, word in SHARED_PROVENANCE.items():
+            values = sorted(column(group, name).dropna().astype(str).unique())
+            if len(values) > 1:
+                shown = [value[:7] if name == "git_commit" else value for value in values]
+                parts.append(f"{word} {' / '.join(shown)}")
+        if parts:
+            label = str(column(group, "run_name").astype(str).str.replace(r"-s\d+$", "", regex=True).iloc[0])
+            found.append(f"`{label}` ({', '.join(parts)})")
+    if not found:
+        return []
+    more = len(found) - MAX_LISTED
+    listed = "; ".join(found[:MAX_LISTED]) + (f"; and {more} more" if more > 0 else "")
+    return [f"Warning: the runs aggregated for {count(len(found), 'condition')} differ in code or numerics, so their "
+            f"spread mixes seeds with software (docs/metrics.md, \"What changes a run's numbers\"): {listed}."]
 
 
 def column(frame: pd.DataFrame, name: str) -> pd.Series:
@@ -172,7 +201,13 @@ def grid_cells(runs: pd.DataFrame) -> pd.DataFrame:
     grid = training_runs(runs)
     grid = grid[column(grid, "sweep").isin(SWEEP_NAMES["grid"])]
     if len(grid):  # the grid's product: a point another sweep had already trained was skipped, not untrained
-        cells = {(a, d) for a in set(grid.apply(arch_label, axis=1)) for d in set(grid["dataset"])}
+        labels = set(grid.apply(arch_label, axis=1))
+        on_grid_data = used[used["dataset"].isin(set(grid["dataset"])) & (column(used, "arch") == "mlp")]
+        if len(on_grid_data) and not any(label.startswith("MLP") for label in labels):
+            # every MLP point of the grid was trained by another sweep (mnist-5k: MLP-5 by the depth sweep): the MLP
+            # at its most-run depth on the grid's data sets, as without a grid sweep
+            labels.add(str(on_grid_data["cell_arch"].value_counts().index[0]))
+        cells = {(a, d) for a in labels for d in set(grid["dataset"])}
     else:  # no grid sweep: one cell per (arch, dataset), the MLP at its most-run depth
         if used["arch"].nunique() < 2 and used["dataset"].nunique() < 2:
             return used.iloc[0:0]

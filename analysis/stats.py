@@ -231,6 +231,25 @@ def effect(reference: float, value: float) -> Effect:
     return Effect(reference, value, delta, delta / reference if reference else math.nan)
 
 
+def relative_effect_interval(
+    reference: Sequence[float], values: Sequence[float], confidence: float = CONFIDENCE,
+    n_resamples: int = N_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of mean(values) / mean(reference) − 1, each sample resampled on its own (the
+    relative effect of `effect`, e.g. of the architecture on fn* within a data set); NaNs with fewer than 2 of
+    either."""
+    x, y = _as_array(reference), _as_array(values)
+    if x.size < 2 or y.size < 2:
+        return NAN_INTERVAL
+
+    def relative(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+        return b.mean(axis=axis) / a.mean(axis=axis) - 1.0
+
+    result = sps.bootstrap((x, y), relative, n_resamples=n_resamples, confidence_level=confidence,
+                           method="percentile", vectorized=True, paired=False, **_rng_kwargs(seed))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
 def architecture_dataset_effects(
     fn_star_by_cell: Mapping[tuple[Hashable, Hashable], float],
     archs: tuple[Hashable, Hashable] | None = None,
@@ -261,6 +280,40 @@ def architecture_dataset_effects(
         multiplicative_prediction=predicted,
         multiplicative_miss=cell[a1, d0] / predicted - 1.0,
     )
+
+
+def _ordered(epochs: Sequence[float], values: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    e, v = np.asarray(epochs, dtype=float), np.asarray(values, dtype=float)
+    order = np.argsort(e, kind="stable")
+    return e[order], v[order]
+
+
+def switch_transient_end(epochs: Sequence[float], fn: Sequence[float], start_epoch: float) -> float:
+    """The end of the MSE switch's transient (docs/metrics.md): the first epoch ≥ start_epoch (the first Phase-2 epoch)
+    whose fn no later epoch exceeds — after the switch's dip, the top of fn's rebound, from which it decays. NaN when
+    the run has no such epoch (no Phase 2, or no finite fn)."""
+    e, f = _ordered(epochs, fn)
+    keep = (e >= start_epoch) & np.isfinite(f)
+    if not keep.any():
+        return math.nan
+    e, f = e[keep], f[keep]
+    return float(e[int(np.argmax(f))])  # argmax: the first of equal maxima
+
+
+def sustained_crossing_epoch(epochs: Sequence[float], fn: Sequence[float], fn_ref: float, after_epoch: float) -> float:
+    """The sustained crossing (beyond the paper): the first epoch after `after_epoch` (the switch transient's end) from
+    which fn stays below fn_ref to the run's last epoch; NaN when fn ends at or above fn_ref, or fn_ref is not finite.
+
+    >>> sustained_crossing_epoch([1, 2, 3, 4, 5, 6], [9, 1, 5, 2, 4, 1], 3.0, after_epoch=3)  # dips at 2 and 4
+    6.0
+    """
+    e, f = _ordered(epochs, fn)
+    keep = e > after_epoch
+    e, f = e[keep], f[keep]
+    if not e.size or not math.isfinite(fn_ref) or not f[-1] < fn_ref:
+        return math.nan
+    above = np.flatnonzero(~(f < fn_ref))  # NaN counts as not below
+    return float(e[above[-1] + 1]) if above.size else float(e[0])
 
 
 def crossing_epoch(

@@ -4,7 +4,8 @@ Two tidy frames, read once and cached (`ncshared.schema` names what training wri
 
 - `load_runs` → one row per run. Columns, in order: `run_id, run_name, experiment_id, experiment` (its name),
   `mlflow_status, start_time, end_time` (ms, nullable Int64), `status, condition, sweep, fail_reason, divergence_reason,
-  parent_run_id, kind` (the tags of `TAG_COLUMNS`), `artifact_uri`; then every param under its own name,
+  parent_run_id, kind, git_commit, env_torch, env_device, env_threads` (the tags of `TAG_COLUMNS`; the last four are
+  provenance, None for a run logged before it was recorded), `artifact_uri`; then every param under its own name,
   parsed (`7` → int, `2e-4` and `0.0002` → 0.0002, `true`/`false` → bool, `none`/`off`/empty → None/NaN,
   anything else — `auto`, `300,450` — stays a string; a param added after a run was logged takes the value that
   run trained with, `schema.ADDED_PARAM_DEFAULTS`); then every metric key as a float column holding the
@@ -48,14 +49,18 @@ from analysis.run_history import (
 from ncshared import schema
 from ncshared.mlflow_env import resolve_tracking_uri
 
+PROVENANCE_COLUMNS = {  # runs-frame column → the provenance tag it holds: what one condition's runs must share
+    "git_commit": schema.TAG_GIT_COMMIT, "env_torch": schema.TAG_TORCH, "env_device": schema.TAG_DEVICE,
+    "env_threads": schema.TAG_THREADS,
+}
 FIXED_COLUMNS = (
     "run_id", "run_name", "experiment_id", "experiment", "mlflow_status", "start_time", "end_time", "status", "condition",
-    "sweep", "fail_reason", "divergence_reason", "parent_run_id", "kind", "artifact_uri",
+    "sweep", "fail_reason", "divergence_reason", "parent_run_id", "kind", "source", *PROVENANCE_COLUMNS, "artifact_uri",
 )
 TAG_COLUMNS = {  # runs-frame column → the tag it holds
     "status": schema.TAG_STATUS, "condition": schema.TAG_CONDITION, "sweep": schema.TAG_SWEEP,
     "fail_reason": schema.TAG_FAIL_REASON, "divergence_reason": schema.TAG_DIVERGENCE_REASON,
-    "parent_run_id": schema.TAG_PARENT_RUN, "kind": schema.TAG_KIND,
+    "parent_run_id": schema.TAG_PARENT_RUN, "kind": schema.TAG_KIND, "source": schema.TAG_SOURCE, **PROVENANCE_COLUMNS,
 }
 HISTORY_ARTIFACT = schema.HISTORY_FILE
 RunRow = tuple[dict[str, Any], dict[str, Any], dict[str, float]]  # one run's (fixed columns, parsed params, metrics)

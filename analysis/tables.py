@@ -10,10 +10,12 @@ different number says `(n=…)`. A condition with no collapsed run shows DNF wit
 from __future__ import annotations
 
 import math
+import re
 from typing import Sequence
 
 import pandas as pd
 
+from analysis import paper_values
 from analysis.aggregate import Estimates, Family, numeric
 from analysis.render import (
     LABELS,
@@ -29,7 +31,8 @@ from analysis.render import (
     fmt_value,
 )
 from analysis.selection import SWEEP_NAMES, Histories, column, select
-from analysis.stats import GridEffects, Summary
+from analysis.stats import GridEffects, LeadTimeStats, Summary
+from ncshared.schema import EXTRA_THRESHOLDS
 
 ACCOUNTING_NOTE = ("N counts finished runs; T_NC, fn*, CV and the intervals aggregate the collapsed runs "
                    "(k of Collapsed k/N). Std has ddof = 1; bootstrap: percentile, 10,000 resamples, seed 0.")
@@ -125,8 +128,57 @@ def threshold_table(estimates: Estimates) -> Table | None:
                  "fn* @ NC1<0.02": "", "Ratio": fmt_pm(ratios, 2)})
     title = ("Table 1: Threshold robustness for ReLU conditions (ε = 0.01): fn* at NC1 < 0.01 vs NC1 < 0.02. "
              "Means over seeds; ratio = fn*(0.02) / fn*(0.01).")
-    notes = [f"Mean ratio over {ratios.n} conditions: {fmt_pm(ratios, 2)}."]
+    notes = [f"Mean ratio over {count(ratios.n, 'condition')}: {fmt_pm(ratios, 2)}." if ratios.n != 1 else
+             f"Ratio of the one condition: {fmt_pm(ratios, 2)} (a mean ± std needs two or more)."]
     return Table(title, pd.DataFrame(rows), notes, threshold.frame)
+
+
+def paper_table1_label(condition: str) -> str | None:
+    """The paper's Table 1 row of a condition (`Depth = 7`, `Width = 128`, `λ = 1e-05`; MLP-5 / 512 / 1e-4 is
+    `Depth = 5`), from its run name `mlp{depth}-relu-w{width}-wd{λ}-…`; None for other shapes."""
+    match = re.match(r"mlp(\d+)-relu-w(\d+)-wd([0-9.e+-]+)-", condition)
+    if match is None:
+        return None
+    depth, width, decay = int(match.group(1)), int(match.group(2)), float(match.group(3))
+    if depth != 5:
+        label = f"Depth = {depth}" if width == 512 and decay == 1e-4 else None
+    elif width != 512:
+        label = f"Width = {width}" if decay == 1e-4 else None
+    else:
+        label = f"λ = {decay:.0e}" if decay != 1e-4 else "Depth = 5"
+    return label if label in paper_values.TABLE1 else None
+
+
+def threshold_every_eps_table(estimates: Estimates) -> Table | None:
+    """Table 1 at every logged ε: per ReLU condition, collapsed k/N and fn* at ε = 0.01, 0.02, 0.05, and the ratios
+    to fn*(0.01) (the paper's is fn*(0.02) / fn*(0.01)), beside the paper's Table 1 where it has the condition."""
+    across = estimates.threshold_across
+    if across.empty:
+        return None
+    rows = []
+    for row in across.to_dict("records"):
+        cells: dict[str, object] = {"Condition": row["condition"], "ε (paper rule)": fmt_threshold(row["paper_eps"])}
+        for eps in EXTRA_THRESHOLDS:
+            fn_star = row[f"fn_star_{eps:g}"]
+            cells[f"ε = {eps:g}: collapsed"] = f"{row[f'k_{eps:g}']}/{row['n']}"
+            cells[f"ε = {eps:g}: fn*"] = "—" if not fn_star.n else fmt_pm(fn_star, 3, fn_star.n)
+        for eps in EXTRA_THRESHOLDS[1:]:
+            ratio = row[f"ratio_{eps:g}"]
+            cells[f"fn*({eps:g}) / fn*(0.01)"] = "—" if math.isnan(ratio) else f"{ratio:.2f}"
+        published = paper_values.TABLE1.get(paper_table1_label(row["condition"]) or "")
+        cells["Paper: fn*(0.01), fn*(0.02), ratio"] = "—" if published is None else \
+            f"{published[0]:.3f}, {published[1]:.3f}, {published[2]:.2f}"
+        rows.append(cells)
+    ratios = across["ratio_0.02"].dropna()
+    notes = [
+        "Every ReLU two-phase condition, whatever ε its own rule gives; collapsed k/N and fn* (mean ± std over the k "
+        "runs) at each ε; a ratio is over the runs that collapsed at 0.01 (they reached 0.02 and 0.05 first).",
+        f"Mean fn*(0.02) / fn*(0.01) over {count(len(ratios), 'condition')}: "
+        + ("—" if ratios.empty else f"{ratios.mean():.2f}" + ("" if len(ratios) < 2 else f" ± {ratios.std():.2f}"))
+        + f" (paper: {paper_values.TABLE1_MEAN_RATIO[0]:.2f} ± {paper_values.TABLE1_MEAN_RATIO[1]:.2f}).",
+    ]
+    title = "Table 1 at every logged ε: collapse and fn* at NC1 < 0.01, 0.02 and 0.05 per ReLU condition."
+    return Table(title, pd.DataFrame(rows), notes, numeric(across))
 
 
 def _pooled_row(label: str, varied: str, fn: Summary, t_low: float, t_high: float) -> dict[str, object]:
@@ -172,6 +224,10 @@ def grid_table(estimates: Estimates) -> Table | None:
         f"Between-pair differences: one-way ANOVA F({anova.df_between}, {anova.df_within}) = {anova.f:.2f}, "
         f"p = {fmt_p(anova.p)}.",
         *effect_notes(grid.effects),
+        *[f"Architecture effect on fn* within {dataset} ({base} → {other}): Δ = {e.delta:+.3f} "
+          f"({fmt_pct(e.relative, 0, True)}), 95% bootstrap CI of the relative effect "
+          f"[{fmt_pct(ci[0], 0, True)}, {fmt_pct(ci[1], 0, True)}]"
+          for dataset, (base, other, e, ci) in grid.architecture_effects.items()],
     ]
     runs = estimates.runs
     notes += select(runs[runs.index.isin(grid.cells.index) | column(runs, "sweep").isin(SWEEP_NAMES["grid"])]).notes()
@@ -265,6 +321,9 @@ def lead_time_table(estimates: Estimates) -> Table | None:
         "Lead": (frame["T_NC"] - frame["T_cross"]).map(lambda v: _epoch(v, "—")),
         "fn_ref (LOSO)": frame["fn_ref_loso"].map(lambda v: "—" if math.isnan(v) else f"{v:.3f}"),
         "T_cross (LOSO)": frame["T_cross_loso"].map(lambda v: _epoch(v, "never")),
+        "Transient ends †": frame["transient_end"].map(lambda v: _epoch(v, "—")),
+        "T_sustained †": frame["T_sustained"].map(lambda v: _epoch(v, "never")),
+        "Lead (sustained) †": (frame["T_NC"] - frame["T_sustained"]).map(lambda v: _epoch(v, "—")),
     })
     before = int((frame["T_cross"] < frame["T_NC"]).sum())
     notes = [
@@ -273,6 +332,7 @@ def lead_time_table(estimates: Estimates) -> Table | None:
         f"{before} of {len(frame)}; MAE of T_cross + {lead:g} = {result.mae:.1f} epochs.",
         f"Leave-one-seed-out (fn_ref = mean fn* of the condition's other seeds; lead = mean of the other runs): "
         f"mean lead {result.loso_lead_mean:.1f} epochs, MAE = {result.loso_mae:.1f} epochs over {result.loso_n} runs.",
+        *sustained_notes(lead_time.sustained, frame, lead),
         *lead_time.selection.notes(),
     ]
     if result.n_no_cross:
@@ -280,6 +340,21 @@ def lead_time_table(estimates: Estimates) -> Table | None:
     title = (f"Early warning: fn crossing fn* precedes collapse ({LABELS.get(by, by).lower()} sweep, "
              f"predicted T_NC = T_cross + {lead:g}).")
     return Table(title, display, notes, frame)
+
+
+def sustained_notes(sustained: LeadTimeStats, frame: pd.DataFrame, lead: float) -> list[str]:
+    """† Beyond the paper: the sustained crossing's lead and MAE, beside the paper's T_cross (docs/metrics.md)."""
+    before = int((frame["T_sustained"] < frame["T_NC"]).sum())
+    return [
+        "† Beyond the paper: the sustained crossing T_sustained, the first epoch after the MSE switch's transient "
+        "(which ends at the top of fn's rebound after the switch's dip) from which fn stays below fn_ref to the run's "
+        "end.",
+        f"† Sustained crossing, in-sample: lead T_NC − T_sustained = {sustained.lead_mean:.1f} ± "
+        f"{sustained.lead_std:.1f} epochs over {sustained.n} runs; T_sustained < T_NC in {before} of {len(frame)}; "
+        f"MAE of T_sustained + {lead:g} = {sustained.mae:.1f} epochs; leave-one-seed-out: mean lead {sustained.loso_lead_mean:.1f}, MAE = "
+        f"{sustained.loso_mae:.1f} epochs over {sustained.loso_n} runs"
+        + (f"; {count(sustained.n_no_cross, 'run')} never stays below fn_ref." if sustained.n_no_cross else "."),
+    ]
 
 
 # ------------------------------------------------------------------------------------------ build
@@ -294,6 +369,7 @@ def build_tables(estimates: Estimates | pd.DataFrame, histories: Histories | Non
         estimates = Estimates(estimates, histories)
     builders = {
         "table1_threshold": lambda: threshold_table(estimates),
+        "table1_every_eps": lambda: threshold_every_eps_table(estimates),
         **{stem: (lambda spec=spec: family_table(estimates, *spec)) for stem, spec in FAMILY_TABLES.items()},
         "table5_summary": lambda: summary_table(estimates),
         "table6_grid": lambda: grid_table(estimates),

@@ -41,6 +41,7 @@ CLASSIFIERS = ("learned", "etf")
 IMBALANCE_PROFILES = ("step", "exp")
 DEVICES = ("auto", "cpu", "cuda")
 MATMUL_PRECISIONS = ("highest", "high")  # torch.set_float32_matmul_precision
+REGULARISERS = ("none", "ncc", "flatness")  # Han et al.'s loss terms, CE − λ·R (ncflow.collapse.regularisers)
 DEFAULT_LEAD = 62  # epochs from T_cross to the predicted T_NC (the paper's mean lead)
 DEFAULT_EXPERIMENT = "ncflow"
 
@@ -65,7 +66,7 @@ def param(default: Any, *marks: str, added: str | None = None, choices: tuple[st
 class RunConfig:
     """One condition of the paper's protocol plus the seed. Field comments give units and allowed values."""
 
-    dataset: str = param("digits", DESIGN, SOURCE, PACK, choices=DATASETS)  # digits | mnist-5k | synthetic (embedded, offline) | mnist | fashion-mnist | cifar10
+    dataset: str = param("digits", DESIGN, SOURCE, PACK)  # digits | mnist-5k | synthetic (embedded, offline) | mnist | fashion-mnist | cifar10, or your own: a .npz/.pt file (x_train, y_train, x_test, y_test) or an image folder (train/, test/)
     data_dir: str = param("data", PACK)  # where torchvision data sets live (mnist, fashion-mnist, cifar10)
     arch: str = param("mlp", DESIGN, SOURCE, PACK, choices=ARCHS)  # mlp | resnet20
     depth: int = param(5, DESIGN, SOURCE, PACK)  # MLP hidden layers (ignored by resnet20, which is 20 layers deep)
@@ -93,11 +94,14 @@ class RunConfig:
     seed: int = param(0)  # seeds torch and the batch order
     device: str = param("auto", PACK, choices=DEVICES)  # auto (cuda if available) | cpu | cuda
     matmul_precision: str = param("highest", PACK, added="highest", choices=MATMUL_PRECISIONS)  # float32 matmuls: highest (true float32) | high (TF32 on GPUs that have it: faster, ~1e-3 relative)
+    threads: int = param(0, PACK, added="0")  # CPU threads torch computes with (torch.set_num_threads); 0: torch's default (one per core, or OMP_NUM_THREADS). Float32 sums, hence results, depend on it
+    deterministic: bool = param(False, PACK, added="false")  # bit-for-bit reruns: torch.use_deterministic_algorithms (an op without a deterministic kernel fails) and, on CUDA, CUBLAS_WORKSPACE_CONFIG; pass --threads too
     init_from: str = param("none", INTERVENTION)  # an MLflow run id whose checkpoints/phase1_end.pt starts Phase 2 (intervention), or none
     rescale_alpha: float = param(1.0, DESIGN)  # with init_from: multiply the final hidden layer (weight and bias) by α first
     stop_after_collapse: str = param("off")  # off | N: stop N epochs after T_NC
     checkpoint_every: int = param(50, COUNT)  # save checkpoints/last.pt every N epochs (and at the end)
     checkpoints: str = param("phase", added="all")  # which checkpoints MLflow keeps: all | phase (phase1_end + last) | last | none
+    log_model: bool = param(True, added="false")  # log the final network as an MLflow model (runs:/RUN_ID/model, mlflow.pytorch; its forward gives the logits)
     synthetic_classes: int = param(10, DESIGN, SYNTHETIC, PACK, COUNT)  # synthetic data: number of classes K
     synthetic_shape: str = param("1x8x8", DESIGN, SYNTHETIC, PACK)  # synthetic data: C x H x W of each sample
     synthetic_per_class: int = param(100, DESIGN, SYNTHETIC, PACK, COUNT)  # synthetic data: training samples per class
@@ -125,6 +129,11 @@ class RunConfig:
         """Every field as the string MLflow stores (see docs/tracking.md)."""
         return {field.name: format_value(getattr(self, field.name)) for field in fields(self)}
 
+    def as_values(self) -> dict[str, Any]:
+        """Every field with its own type (int, float, bool, str; `milestones` a list), as `config.json` and the
+        checkpoints keep it: `{"depth": 7, "lr": 0.001, "nesterov": false, "milestones": [300, 450], …}`."""
+        return {field.name: _plain(getattr(self, field.name)) for field in fields(self)}
+
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
 
@@ -133,9 +142,14 @@ def format_value(value: Any) -> str:
     """The canonical string of a field value: `0.0002`, `1e-05`, `true`, `300,450`."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, tuple):
+    if isinstance(value, (tuple, list)):
         return ",".join(str(item) for item in value)
     return str(value)
+
+
+def _plain(value: Any) -> Any:
+    """A field value as JSON and `torch.load(weights_only=True)` read it back: a tuple becomes a list."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def field_help() -> dict[str, str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import PurePath
 from typing import Mapping
 
 from ncshared import run_config
@@ -25,7 +26,7 @@ TAG_STATUS = "ncflow.status"  # one of RUN_STATUSES
 TAG_FAIL_REASON = "ncflow.fail_reason"  # exception type and message, or `interrupted`
 TAG_DIVERGENCE_REASON = "ncflow.divergence_reason"  # why a run counts as diverged
 TAG_TRIAL = "ncflow.trial"  # a sweep child's `<optuna study>#<trial number>`
-TAG_GIT_COMMIT = "ncflow.git_commit"
+TAG_GIT_COMMIT = "ncflow.git_commit"  # the commit of the code that trained, `unknown` outside a git checkout
 TAG_VERSION = "ncflow.version"
 TAG_HEARTBEAT = "ncflow.heartbeat"  # `<unix seconds> <host> <pid>`, refreshed every ~30 s while the run trains
 TAG_CLASS_COUNTS = "ncflow.class_counts"  # training samples per class, `n_0,n_1,…` (also class_counts.json)
@@ -33,10 +34,42 @@ TAG_CARRIED_FROM = "ncflow.carried_from"  # a run imported by tools/carry_runs.p
 TAG_ANALYSIS_RUNS = "ncflow.analysis.runs"  # an analysis run: how many training runs the report read
 TAG_PARENT_RUN = "mlflow.parentRunId"  # MLflow's own: a sweep child's parent run
 TAG_RUN_NAME = "mlflow.runName"  # MLflow's own
+TAG_SOURCE = "ncflow.source"  # SOURCE_MONITOR: measured through the library (the user's model), not trained by the engine
+TAG_STEP_UNIT = "ncflow.step_unit"  # a library run's metric steps: `epoch` or `step` (optimiser steps)
 TAG_NOTE = "mlflow.note.content"  # MLflow's own: the run's description (Markdown) in the UI
+
+# Provenance: what a training run ran on and with, written when it opens (`ncflow/tracked/provenance.py`).
+TAG_GIT_DIRTY = "ncflow.git_dirty"  # true when the code differed from its commit (the patch: GIT_DIFF_FILE), else false
+TAG_PYTHON = "ncflow.env.python"  # versions: Python, torch, numpy, MLflow, Optuna (`absent` when not installed)
+TAG_TORCH = "ncflow.env.torch"
+TAG_NUMPY = "ncflow.env.numpy"
+TAG_MLFLOW = "ncflow.env.mlflow"
+TAG_OPTUNA = "ncflow.env.optuna"
+TAG_CUDA = "ncflow.env.cuda"  # the CUDA version torch runs with, `none` on a CPU run
+TAG_CUDNN = "ncflow.env.cudnn"  # the cuDNN version, `none` on a CPU run
+TAG_DEVICE = "ncflow.env.device"  # `cpu` or `cuda`: where the run computed
+TAG_DEVICE_MODEL = "ncflow.env.device_model"  # the CPU's model name, or the GPU's
+TAG_THREADS = "ncflow.env.threads"  # torch.get_num_threads() when training started
+TAG_MATMUL_PRECISION = "ncflow.env.matmul_precision"  # torch.get_float32_matmul_precision() when training started
+TAG_DETERMINISTIC = "ncflow.env.deterministic"  # torch.are_deterministic_algorithms_enabled(): true | false
+TAG_RESUMED_WITH = "ncflow.env.resumed_with"  # a resume on other software or numerics: what changed, `threads 2 → 1`
+TAG_DATA = "ncflow.data"  # the data as trained on: `mnist-5k: 4000 train / 1000 test, 1x28x28, 10 classes`
+TAG_DATA_DIGEST = "ncflow.data_digest"  # sha256 (16 hex) of the two splits' digests (the dataset inputs' own)
+# Your own data (`dataset` a .npz/.pt file or an image folder, `ncflow/engine/own_data.py`): which file trained the run.
+TAG_DATA_PATH = "ncflow.data_path"  # its absolute path
+TAG_DATA_SHA256 = "ncflow.data_sha256"  # sha256 (64 hex) of its bytes; a folder: of its images' relative paths and bytes
+TAG_DATA_SIZES = "ncflow.data_sizes"  # `1437 train / 360 test, 1x8x8, 10 classes`, as the file holds them
+ENVIRONMENT_TAGS = (TAG_PYTHON, TAG_TORCH, TAG_NUMPY, TAG_MLFLOW, TAG_OPTUNA, TAG_CUDA, TAG_CUDNN, TAG_DEVICE,
+                    TAG_DEVICE_MODEL, TAG_THREADS, TAG_MATMUL_PRECISION, TAG_DETERMINISTIC)
+PROVENANCE_TAGS = (TAG_VERSION, TAG_GIT_COMMIT, TAG_GIT_DIRTY, *ENVIRONMENT_TAGS, TAG_DATA, TAG_DATA_DIGEST)
+# What the analysis requires the runs of one condition to share: the code and the numerics (docs/metrics.md).
+SAME_WITHIN_CONDITION_TAGS = (TAG_GIT_COMMIT, TAG_TORCH, TAG_DEVICE, TAG_THREADS)
+TAG_DATASET_CONTEXT = "mlflow.data.context"  # MLflow's own: a dataset input's tag saying what the run used it for
+DATASET_CONTEXT_TRAIN, DATASET_CONTEXT_TEST = "train", "test"  # the context of a run's two MLflow dataset inputs
 
 KIND_TRAIN, KIND_SWEEP, KIND_ANALYSIS = "train", "sweep", "analysis"
 KINDS = (KIND_TRAIN, KIND_SWEEP, KIND_ANALYSIS)
+SOURCE_MONITOR = "monitor"  # the TAG_SOURCE of a run measured through ncflow.library
 
 STATUS_RUNNING = "running"
 STATUS_COLLAPSED = "collapsed"
@@ -146,7 +179,9 @@ SWEEP_METRICS = (SWEEP_DONE, SWEEP_FAILED, SWEEP_RUNNING, SWEEP_REMAINING)
 # -------------------------------------------------------------------------------------------- artifacts
 
 HISTORY_FILE = "history.csv"  # HISTORY_COLUMNS, one row per epoch
-CONFIG_FILE = "config.json"  # the resolved configuration
+CONFIG_FILE = "config.json"  # the resolved configuration, typed values (`"depth": 7`)
+MODEL_NAME = "model"  # the run's MLflow model (`runs:/RUN_ID/model`): the final network, forward → logits
+TAG_MODEL_EPOCH = "ncflow.model_epoch"  # on that logged model: the epoch whose network it is
 DYNAMICS_FIGURE = "figures/dynamics.png"
 LAYERS_FILE = "layers.csv"  # `--layerwise`: `epoch`, then every `layers/<l>/<name>`, one row per epoch
 LAYERS_FIGURE = "figures/layers.png"  # `--layerwise`: NC1 of every layer over the epochs
@@ -165,6 +200,7 @@ CHECKPOINT_CHOICES = {
     "last": (CHECKPOINT_LAST,),
     "none": (),
 }
+GIT_DIFF_FILE = "provenance/git_diff.patch"  # a run whose code differed from its commit: the patch (TAG_GIT_DIRTY)
 SWEEP_SPEC_FILE = "sweep.json"  # a sweep parent's definition
 SWEEP_SUMMARY_FILE = "sweep_summary.csv"  # a sweep parent's one row per grid point
 
@@ -214,14 +250,15 @@ def condition_hash(params: Mapping[str, str]) -> str:
 def run_name(params: Mapping[str, str]) -> str:
     """`mlp5-relu-w512-wd1e-04-mnist-s0`: the condition at a glance, for the MLflow UI.
 
-    MLP `mlp{depth}-{activation}-w{width}` (else the arch), `-wd{λ:.0e}-{dataset}`, `-etf-head` for a fixed ETF
+    MLP `mlp{depth}-{activation}-w{width}` (else the arch), `-wd{λ:.0e}-{dataset}` (your own data: the file's or
+    folder's name without its suffix, `my_data` for `./my_data.npz`), `-etf-head` for a fixed ETF
     classifier, `-imb{ρ}-{profile}` for an imbalanced subsample, `-ce-only`/`-mse-only` for a non-default protocol, `-a{α}` for an intervention run, `-s{seed}`.
     """
     if params["arch"] == "mlp":
         model = f"mlp{params['depth']}-{params['activation']}-w{params['width']}"
     else:
         model = params["arch"]
-    parts = [model, f"wd{float(params['weight_decay']):.0e}", params["dataset"]]
+    parts = [model, f"wd{float(params['weight_decay']):.0e}", dataset_label(params["dataset"])]
     if params.get("classifier", "learned") != "learned":
         parts.append(f"{params['classifier']}-head")
     if not same_number(params.get("imbalance_ratio", "1"), 1):
@@ -232,6 +269,13 @@ def run_name(params: Mapping[str, str]) -> str:
         parts.append(f"a{float(params['rescale_alpha']):g}")
     parts.append(f"s{params['seed']}")
     return "-".join(parts)
+
+
+def dataset_label(dataset: str) -> str:
+    """The data set as a run name says it: a named one as it is, your own file or folder by its name, no suffix."""
+    if dataset in run_config.DATASETS:
+        return dataset
+    return PurePath(dataset.rstrip("/\\")).stem or dataset
 
 
 def same_number(logged: str, wanted: float | int) -> bool:

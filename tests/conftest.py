@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 
 from tests.mlflow_fixtures import LocalStore, local_store, make_template_db
+
+
+# The fast loop while developing, `python -m pytest -m "not slow and not heavy"` (README): these modules are `heavy`
+# as a whole — each takes tens of seconds or more, training or sweeping real networks end to end, or drawing every
+# figure of a report; a test elsewhere says `@pytest.mark.heavy` itself. A new module that takes longer than ~15 s
+# belongs here. The full suite (`python3 -m pytest`, what CI runs) runs everything.
+HEAVY_MODULES = frozenset({
+    "test_analysis_extra_studies", "test_analysis_figures", "test_bad_input", "test_carry_runs", "test_chaos",
+    "test_disk_full", "test_divergence", "test_examples", "test_first_hour", "test_grokking", "test_imbalance",
+    "test_layerwise", "test_library",
+    "test_logged_model", "test_mlflow_run", "test_pack", "test_paper_claims", "test_provenance", "test_roundtrip",
+    "test_single_writer", "test_sweep_parent_run", "test_sweeps", "test_tracking", "test_train", "test_train_cli",
+})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in HEAVY_MODULES:
+            item.add_marker(pytest.mark.heavy)
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +72,25 @@ def run_records_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "ncflow-records"
     monkeypatch.setenv("NCFLOW_RECORD_DIR", str(root))
     return root
+
+
+@pytest.fixture(autouse=True)
+def no_logged_model_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs log no MLflow model unless a test says `log_model` (NCFLOW_LOG_MODEL, also for child processes): a model
+    adds about a second to a run (tests/test_logged_model.py tests it)."""
+    monkeypatch.setenv("NCFLOW_LOG_MODEL", "false")
+
+
+@pytest.fixture(autouse=True)
+def torch_numerics_restored() -> Iterator[None]:
+    """A test that trains with `threads` or `deterministic` leaves those process-wide torch settings as they were
+    (`ncflow.engine.run_setup.set_numerics` changes them for the process)."""
+    torch = sys.modules.get("torch")
+    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) if torch else None
+    yield
+    if before is not None:
+        torch.set_num_threads(before[0])
+        torch.use_deterministic_algorithms(before[1])
 
 
 @pytest.fixture

@@ -112,7 +112,7 @@ def test_summary_table_counts_a_shared_run_once(store_frames):
 def test_only_tables_whose_runs_exist(store_frames):
     runs, histories = store_frames
     built = build(runs, histories)
-    assert set(built) == {"table1_threshold", "table2_depth", "table4_weight_decay", "table5_summary"}
+    assert set(built) == {"table1_threshold", "table1_every_eps", "table2_depth", "table4_weight_decay", "table5_summary"}
     assert build(runs.iloc[0:0], histories.iloc[0:0]) == {}
     assert set(tables.build_tables(runs, histories)) == set(built)  # the runs-and-histories shorthand
     bare = pd.DataFrame({name: pd.Series(dtype=object) for name in store.FIXED_COLUMNS})  # load_runs with no match

@@ -15,8 +15,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("ncshared", "ncflow", "analysis")
 # Bottom to top. A module may import its own layer's modules and any layer below, never one above.
-LAYERS = ("ncshared", "ncflow", "ncflow.collapse", "ncflow.engine", "ncflow.record", "ncflow.tracked", "ncflow.sweeps",
-          "ncflow.cli")
+LAYERS = ("ncshared", "ncflow", "ncflow.collapse", "ncflow.engine", "ncflow.record", "ncflow.tracked", "ncflow.library",
+          "ncflow.grokking", "ncflow.sweeps", "ncflow.cli")
 # The one arrow from training to the analysis: `ncflow reproduce` writes the paper's report.
 ANALYSIS_CALLERS = ("ncflow.cli.reproduction_report",)
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from analysis import store, tables
 from ncshared import schema
@@ -58,3 +59,46 @@ def test_exported_runs_import_with_their_params_tags_metrics_and_history(tmp_pat
                  for frame, uri, name in ((before, source.uri, "s"), (after, target.uri, "t"))]
     assert tables.build_tables(after, histories[1])["table2_depth"].to_markdown() == \
         tables.build_tables(before, histories[0])["table2_depth"].to_markdown()
+
+
+def test_an_interrupted_run_moves_to_a_fresh_machine_and_resumes_bit_for_bit(tmp_path, crash_measure, monkeypatch):
+    """Crash a run after epoch 4 of 6, carry it as an unfinished run to a store with no record of it (a fresh
+    machine), resume it there: it finishes with the history of a run that was never interrupted, bit for bit."""
+    from mlflow.tracking import MlflowClient
+
+    from ncflow.engine.config import build_config
+    from ncflow.tracked import train as training
+
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    source, target = f"sqlite:///{tmp_path / 'source.db'}", f"sqlite:///{tmp_path / 'target.db'}"
+    tiny = {"dataset": "synthetic", "synthetic_classes": "4", "synthetic_shape": "1x4x4", "synthetic_per_class": "16",
+            "depth": "2", "width": "16", "batch_size": "16", "phase1_epochs": "3", "phase2_epochs": "3",
+            "threads": "1", "deterministic": "true", "checkpoints": "none"}  # no last.pt: only the record has a state
+    restore = crash_measure(5, "machine lost")
+    with pytest.raises(RuntimeError, match="machine lost"):
+        training.train(build_config(None, {**tiny, "tracking_uri": source}), progress=False)
+    restore()
+    moved = tmp_path / "unfinished"
+    out = carry("export", "--tracking-uri", source, "--out", str(tmp_path / "runs"), "--unfinished", str(moved))
+    assert out.endswith("exported 1 interrupted runs to " + str(moved) + "\n")
+    assert [p.name[:-17] for p in moved.iterdir()] == ["mlp2-relu-w16-wd2e-04-synthetic-s0"]
+
+    monkeypatch.setenv("NCFLOW_RECORD_DIR", str(tmp_path / "fresh-machine-records"))
+    carry("import", "--tracking-uri", target, "--from", str(tmp_path / "runs"), "--unfinished", str(moved))
+    client = MlflowClient(target)
+    [carried] = client.search_runs([client.get_experiment_by_name("ncflow").experiment_id])
+    assert carried.info.status == "KILLED"
+    assert [m.step for m in client.get_metric_history(carried.info.run_id, schema.NC1)] == [1, 2, 3, 4]
+    assert carry("resume", "--tracking-uri", target).endswith("resumed 1 interrupted runs to their end\n")
+
+    finished = client.get_run(carried.info.run_id)
+    assert finished.info.status == "FINISHED" and finished.data.tags[schema.TAG_THREADS] == "1"
+    uninterrupted = training.train(build_config(None, {**tiny, "tracking_uri": source}), progress=False)
+    for key in (schema.NC1, schema.FN, schema.TRAIN_LOSS, schema.TEST_ACC):
+        carried_values = [m.value for m in sorted(client.get_metric_history(carried.info.run_id, key),
+                                                  key=lambda m: m.step)]
+        assert carried_values == [row[key] for row in uninterrupted.history], key
+    # Finished now: exported as a finished run, and its unfinished file is gone.
+    carry("export", "--tracking-uri", target, "--out", str(tmp_path / "runs"), "--unfinished", str(moved))
+    assert list(moved.iterdir()) == []
+    assert len(list((tmp_path / "runs").iterdir())) == 1

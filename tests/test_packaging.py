@@ -18,7 +18,8 @@ def test_generated_files_are_current():
     assert (ROOT / "python_env.yaml").read_text() == mlproject.render(mlproject.python_env())
 
 
-def test_train_entry_points_take_every_field_and_their_defaults_are_the_presets():
+def test_train_entry_points_take_every_field_and_their_defaults_are_the_presets(monkeypatch):
+    monkeypatch.delenv("NCFLOW_LOG_MODEL")  # RunConfig's own defaults (the suite's environment turns log_model off)
     project = yaml.safe_load((ROOT / "MLproject").read_text())
     expected = {f.name for f in fields(RunConfig)} - set(mlproject.WHERE_TO_LOG)
     for entry_point, preset in [("main", None), *[(name, name) for name in PRESETS]]:

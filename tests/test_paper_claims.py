@@ -88,5 +88,6 @@ def test_report_compare_paper_writes_the_side_by_side_and_the_claims(mlflow_stor
     assert markdown.index("## Beside the paper") < markdown.index("## Tables")
     assert "| depth's effect on T_NC is non-monotonic |" in markdown
     side = (out / "tables" / "paper_table2_depth.md").read_text()
-    assert "| 3 | 3 / 3 | 250 ± 28 | 26 ± 1 (n=3) | -224 (-90%) | 1.417 ± 0.225 | 1.500 ± 0.000 (n=3) |" in side
+    assert "| 3 | 3 / 3 | 3/3 / 3/3 | 250 ± 28 | 26 ± 1 (n=3) | -224 (-90%) | 1.417 ± 0.225 | 1.500 ± 0.000 (n=3) |" in side
     assert (out / "tables" / "paper_claims.csv").exists()
+    assert (out / "tables" / "paper_claims_eps_0.02.csv").exists() and "### paper_claims_every_eps" in markdown

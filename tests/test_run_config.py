@@ -24,7 +24,7 @@ COMMITTED_RUNS = sorted((ROOT / "docs" / "reproduction" / "runs").glob("*.json.g
 HAND_WRITTEN = {
     "NON_CONDITION_PARAMS": (
         "seed", "data_dir", "device", "checkpoint_every", "checkpoints", "experiment", "tracking_uri", "fn_ref", "lead",
-        "stop_after_collapse", "layerwise", "matmul_precision",
+        "stop_after_collapse", "layerwise", "matmul_precision", "threads", "deterministic", "log_model",
     ),
     "SYNTHETIC_PARAMS": ("synthetic_classes", "synthetic_shape", "synthetic_per_class"),
     "IMBALANCE_PARAMS": ("imbalance_ratio", "imbalance_profile"),
@@ -41,16 +41,17 @@ HAND_WRITTEN = {
     "PACK_SHARED_FIELDS": (
         "dataset", "data_dir", "arch", "depth", "width", "activation", "batch_size", "phase1_epochs", "phase2_epochs",
         "protocol", "optimizer", "schedule", "milestones", "lr_gamma", "imbalance_ratio", "imbalance_profile", "device",
-        "matmul_precision", "synthetic_classes", "synthetic_shape", "synthetic_per_class",
+        "matmul_precision", "threads", "deterministic", "synthetic_classes", "synthetic_shape", "synthetic_per_class",
     ),
     "COUNT_FIELDS": ("phase1_epochs", "phase2_epochs", "lead", "batch_size", "checkpoint_every", "synthetic_per_class",
                      "synthetic_classes"),
 }
 HAND_WRITTEN_ADDED_PARAM_DEFAULTS = {"classifier": "learned", "checkpoints": "all", "layerwise": "false",
                                      "imbalance_ratio": "1.0", "imbalance_profile": "step",
-                                     "matmul_precision": "highest"}
-HAND_WRITTEN_CHOICES = {
-    "dataset": ("digits", "mnist-5k", "synthetic", "mnist", "fashion-mnist", "cifar10"), "arch": ("mlp", "resnet20"),
+                                     "matmul_precision": "highest", "threads": "0", "deterministic": "false",
+                                     "log_model": "false"}
+HAND_WRITTEN_CHOICES = {  # `dataset` takes a file or folder too: ncflow.engine.config checks it
+    "arch": ("mlp", "resnet20"),
     "activation": ("relu", "gelu", "tanh"), "optimizer": ("adam", "sgd"), "schedule": ("cosine", "multistep", "constant"),
     "protocol": ("two-phase", "ce-only", "mse-only"), "device": ("auto", "cpu", "cuda"),
     "checkpoints": ("all", "phase", "last", "none"), "classifier": ("learned", "etf"), "imbalance_profile": ("step", "exp"),
@@ -67,6 +68,7 @@ PINNED_HASHES = [
     (None, {"dataset": "synthetic", "synthetic_classes": "4"}, "bb8f6583e66a"),
     (None, {"init_from": "abc", "rescale_alpha": "0.3"}, "6fb2e86ccd1e"),
     (None, {"layerwise": "true", "matmul_precision": "high", "checkpoints": "all", "seed": "5"}, "ab8f5615ffa3"),
+    (None, {"threads": "2", "deterministic": "true"}, "ab8f5615ffa3"),  # how the machine computes: no part either
 ]
 VOCABULARY = {run_config.DESIGN, run_config.INTERVENTION, run_config.SYNTHETIC, run_config.IMBALANCE,
               run_config.SOURCE, run_config.PACK, run_config.COUNT, run_config.ADDED_DEFAULT, run_config.CHOICES}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ncflow.cli.grok_command import grok
 from ncflow.cli.options import (
     InputError,
     Seconds,
@@ -154,7 +155,7 @@ def train(
 
     for result in results:
         if result.place is not None:
-            click.echo("\n".join(end_message(result.place, result.status, result.t_nc, result.fn_star)))
+            click.echo("\n".join(end_message(result.place, result.status, result.t_nc, result.fn_star, result.model)))
 
 
 def seed_configs(config: RunConfig, seeds: str, seed: str | None) -> list[RunConfig]:
@@ -226,6 +227,19 @@ def sync(tracking_uri: str | None, record_dir: str | None) -> None:
         click.echo(f"run {record.run_id}: {state}")
 
 
+def check_own_data(configs: list[RunConfig]) -> None:
+    """Your own data (a `dataset` that is a file or folder) read and checked once each, before any run: ConfigError
+    (one line) for the first that cannot be used."""
+    from ncflow.engine import own_data
+    from ncshared.run_config import DATASETS
+
+    for name in sorted({config.dataset for config in configs if config.dataset not in DATASETS}):
+        try:
+            own_data.load(name)
+        except own_data.OwnDataError as error:
+            raise ConfigError(f"dataset: {error}") from None
+
+
 def parse_pack(raw: str) -> str:
     """`--pack`: a whole number >= 1 or `auto` (resolved by each worker on its device)."""
     value = raw.strip().lower()
@@ -293,6 +307,7 @@ def sweep(
         if not dry_run:  # what the sweep writes: the storage, the workers' run records, downloaded data
             check_storage_dir(run.storage)
             check_writable_paths(None, [point.config for point in points])
+            check_own_data([point.config for point in points])
     except ConfigError as error:
         raise InputError(str(error)) from None
     if dry_run:
@@ -320,16 +335,17 @@ def sweep(
 @click.option("--out", default="report", show_default=True, type=click.Path(file_okay=False), help="Where the report goes.")
 @click.option("--dry-run", is_flag=True, help="List the program's distinct points, their state and the projected time; train nothing.")
 @click.option("--pack", default="1", show_default=True, metavar="N|auto", help="As for `ncflow sweep`: up to N points of one shape trained together in each worker.")
+@click.option("--grid-data", default=None, metavar="NAME,…", help="The grid sweep's data sets in place of its MNIST and CIFAR-10 (mnist-5k: the grid's MNIST half, MLP-5 and ResNet-20, offline).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def reproduce(
     dataset: str, sweep_names: str | None, seeds: str | None, settings: tuple[str, ...], workers: int,
     storage: str | None, tracking_uri: str | None, experiment: str | None, out: str, dry_run: bool, pack: str,
-    quiet: bool,
+    grid_data: str | None, quiet: bool,
 ) -> None:
     """Run the paper's MLP program (depth, weight-decay, activation, width, protocol, intervention, grid) once.
 
     Resumable: run the same command again after any interruption; finished points are reused.
-    Example: ncflow reproduce --dataset mnist-5k --dry-run
+    Example: ncflow reproduce --dataset mnist-5k --grid-data mnist-5k --dry-run
     """
     require_training_stack("reproduce")
 
@@ -345,7 +361,8 @@ def reproduce(
         uri = client.tracking_uri
         overrides["experiment"] = experiment or coordinator.default_experiment(uri)
         overrides["tracking_uri"] = uri
-        stages = program.program(program.parse_sweeps(sweep_names), parse_seeds(seeds), overrides)
+        stages = program.program(program.parse_sweeps(sweep_names), parse_seeds(seeds), overrides,
+                                 program.parse_grid_data(grid_data))
         runnable, planned = program.plan_points(stages)
         journal = storage_url(storage)
         storage_kind(journal)
@@ -353,6 +370,7 @@ def reproduce(
         if not dry_run:  # what the program writes: the storage, the run records, downloaded data, the report
             check_storage_dir(journal)
             check_writable_paths(None, [item.point.config for item in planned if not item.skipped])
+            check_own_data([item.point.config for item in planned if not item.skipped])
             require_writable_dir(out, "--out")
     except ConfigError as error:
         raise InputError(str(error)) from None
@@ -372,6 +390,8 @@ def reproduce(
 
     click.echo(write_reproduction_report(uri, overrides["experiment"], Path(out), not quiet))
 
+
+main.add_command(grok)
 
 if __name__ == "__main__":
     main()

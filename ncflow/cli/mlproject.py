@@ -51,7 +51,7 @@ def cli_entry_point(command: str, defaults: dict[str, str], positional: tuple[st
     """An entry point running `ncflow COMMAND` with one MLproject parameter per option (`workers` a number)."""
     parameters = {name: {"type": "float" if name == "workers" else "string", "default": value}
                   for name, value in defaults.items()}
-    words = [f"{{{name}}}" if name in positional else f"--{name} {{{name}}}" for name in defaults]
+    words = [f"{{{name}}}" if name in positional else f"{option_name(name)} {{{name}}}" for name in defaults]
     return {"parameters": parameters, "command": f"python -m ncflow.cli {command} " + " ".join(words)}
 
 
@@ -68,7 +68,7 @@ def mlproject() -> dict[str, Any]:
     )
     entry_points["reproduce"] = cli_entry_point(
         "reproduce", {"dataset": "mnist", "sweeps": "all", "seeds": "none", "set": "none", "workers": "1",
-                      "storage": "default", "out": "report"},
+                      "storage": "default", "out": "report", "grid_data": "none"},
     )
     entry_points["analyze"] = {
         "parameters": {

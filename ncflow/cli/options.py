@@ -24,7 +24,7 @@ CHOICES: dict[str, tuple[str, ...]] = {**field_choices(), "checkpoints": tuple(s
 METAVARS = {  # fields whose values are not a plain type
     "milestones": "INTEGER,…", "nc1_threshold": "auto|FLOAT", "fn_ref": "none|auto|FLOAT",
     "stop_after_collapse": "off|INTEGER", "init_from": "RUN_ID|none", "synthetic_shape": "CxHxW",
-    "experiment": "NAME", "tracking_uri": "URI", "data_dir": "DIR",
+    "experiment": "NAME", "tracking_uri": "URI", "data_dir": "DIR", "dataset": "NAME|FILE|DIR",
 }
 TYPE_METAVARS = {"int": "INTEGER", "float": "FLOAT", "str": "TEXT"}
 VALUE_SUFFIX = "-value"  # `--nesterov-value true`: a boolean field as a value, for the MLproject
@@ -38,9 +38,9 @@ TRAIN_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Protocol", ("protocol", "phase1_epochs", "phase2_epochs", "init_from", "rescale_alpha", "stop_after_collapse")),
     ("Collapse", ("nc1_threshold", "fn_ref", "lead", "layerwise")),
     ("Data", ("dataset", "data_dir", "imbalance_ratio", "imbalance_profile", "synthetic_classes", "synthetic_shape",
-              "synthetic_per_class", "device", "matmul_precision")),
-    ("Tracking", ("experiment", "tracking_uri", "checkpoints", "checkpoint_every", "record_dir", "ship_timeout",
-                  "quiet")),
+              "synthetic_per_class", "device", "matmul_precision", "threads", "deterministic")),
+    ("Tracking", ("experiment", "tracking_uri", "checkpoints", "checkpoint_every", "log_model", "record_dir",
+                  "ship_timeout", "quiet")),
 )
 
 

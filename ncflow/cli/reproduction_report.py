@@ -15,4 +15,4 @@ def write_reproduction_report(tracking_uri: str, experiment: str, out: Path, pro
 
     outcome = build_report(Source(tracking_uri, experiment, None, None, progress), out, ("md", "csv", "tex"),
                            ("png",), compare=True)
-    return outcome.describe()
+    return "\n".join((outcome.describe(), *outcome.comparisons))  # and which comparisons with the paper are filled

@@ -1,19 +1,24 @@
 """The run configuration's presets, parsing and validation (`RunConfig` itself is `ncshared.run_config`).
 
 Resolution order is defaults → preset → explicit overrides; `validate` rejects a bad value with one line that names
-the parameter and what is allowed, before any data is loaded or any MLflow run exists.
+the parameter and what is allowed, before any data is loaded or any MLflow run exists. One default can come from the
+environment: NCFLOW_LOG_MODEL=false makes `log_model` default to false (the test suite sets it: logging a model adds
+about a second to a run, most of it the first time in a process).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import fields
 from typing import Any, Mapping
 
+from ncflow.engine import own_data
 from ncshared import schema
-from ncshared.run_config import COUNT, RunConfig, field_choices, format_value, params_marked
+from ncshared.run_config import COUNT, DATASETS, RunConfig, field_choices, format_value, params_marked
 
 RESNET20_FEATURES = 64  # ResNet-20's pooled feature dimension
+LOG_MODEL_VARIABLE = "NCFLOW_LOG_MODEL"  # true | false: the default of `log_model` (RunConfig's is true)
 
 
 class ConfigError(ValueError):
@@ -85,8 +90,13 @@ def _whole_number(text: str) -> int:
 
 
 def build_config(preset: str | None = None, overrides: Mapping[str, Any] | None = None) -> RunConfig:
-    """Defaults → preset → overrides (raw values are parsed), then validated."""
+    """Defaults (NCFLOW_LOG_MODEL for `log_model`) → preset → overrides (raw values are parsed), then validated."""
     values: dict[str, Any] = {}
+    if os.environ.get(LOG_MODEL_VARIABLE, "").strip():
+        try:
+            values["log_model"] = _parse_bool(LOG_MODEL_VARIABLE, os.environ[LOG_MODEL_VARIABLE])
+        except ConfigError as error:
+            raise ConfigError(f"{error} (the environment's default of log_model)") from None
     if preset not in (None, "", "none"):
         if preset not in PRESETS:
             raise ConfigError(f"preset: unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")
@@ -100,6 +110,7 @@ def build_config(preset: str | None = None, overrides: Mapping[str, Any] | None 
 
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
 MAX_COUNT = 10**7  # epochs, batch sizes, samples: far beyond any real run, well inside every integer type
+MAX_THREADS = 1024  # CPU threads: more than any machine torch runs on has cores
 
 
 def _shown(number: int) -> str:
@@ -130,10 +141,22 @@ def _number_or_word(name: str, value: str, words: tuple[str, ...], low: float, h
     _require(low < number < high, f"{name}: expected {words_text} or a number in ({low:g}, {high:g}), got {value!r}")
 
 
+def _dataset(name: str) -> None:
+    """One of DATASETS, or a path that may be your own data (`ncflow.engine.own_data` reads and checks it later)."""
+    if name in DATASETS:
+        return
+    if not own_data.looks_like_path(name):
+        raise ConfigError(f"dataset: {name!r} is not one of {', '.join(DATASETS)}, nor a file or folder "
+                          f"({own_data.ACCEPTED})")
+    problem = own_data.source_problem(name)
+    _require(problem is None, f"dataset: {problem}")
+
+
 def validate(config: RunConfig) -> None:
     """Raise ConfigError (one line, naming the parameter) for the first value that is not allowed."""
     for name, allowed in field_choices().items():
         _choice(name, getattr(config, name), allowed)
+    _dataset(config.dataset)
     _require(1 <= config.depth <= 64, f"depth: expected an integer from 1 to 64, got {_shown(config.depth)}")
     _require(1 <= config.width <= 65536, f"width: expected a positive integer, got {_shown(config.width)}")
     _require(config.lr > 0 and math.isfinite(config.lr), f"lr: expected a finite positive number, got {config.lr}")
@@ -154,6 +177,8 @@ def validate(config: RunConfig) -> None:
     _number_or_word("nc1_threshold", config.nc1_threshold, ("auto",), 0.0, 1.0)
     _number_or_word("fn_ref", config.fn_ref, ("none", "auto"), 0.0, math.inf)
     _require(config.lead >= 0, f"lead: expected an integer >= 0, got {_shown(config.lead)}")
+    _require(0 <= config.threads <= MAX_THREADS,
+             f"threads: expected 0 (torch's default) or a whole number up to {MAX_THREADS}, got {_shown(config.threads)}")
     _require(0 <= config.seed <= MAX_SEED,
              f"seed: expected an integer from 0 to {MAX_SEED} (2**63 - 1), got {_shown(config.seed)}")
     for name in params_marked(COUNT):
@@ -187,16 +212,8 @@ def validate(config: RunConfig) -> None:
         1.0 <= config.imbalance_ratio <= MAX_COUNT,
         f"imbalance_ratio: expected a number from 1 to {MAX_COUNT:,} (n_max / n_min), got {config.imbalance_ratio}",
     )
-    classes = config.synthetic_classes if config.dataset == "synthetic" else 10
-    features = config.width if config.arch == "mlp" else RESNET20_FEATURES
-    _require(
-        config.imbalance_ratio == 1 or classes >= 4,
-        f"imbalance_ratio: needs at least 4 classes (two minority classes to compare), got {classes}",
-    )
-    _require(
-        config.classifier != "etf" or features >= classes - 1,
-        f"classifier: etf needs a feature dimension of at least K − 1 = {classes - 1}, got {features}",
-    )
+    if config.dataset in DATASETS:  # your own data's classes are known once it is read (`validate_classes` then)
+        validate_classes(config, config.synthetic_classes if config.dataset == "synthetic" else 10)
     _require(
         config.checkpoints in schema.CHECKPOINT_CHOICES,
         f"checkpoints: expected one of {' | '.join(schema.CHECKPOINT_CHOICES)}, got {config.checkpoints!r}",
@@ -215,6 +232,37 @@ def validate(config: RunConfig) -> None:
         f"synthetic_shape: expected CxHxW like 1x8x8, got {config.synthetic_shape!r}",
     )
     _require(bool(config.experiment.strip()), "experiment: expected a non-empty MLflow experiment name")
+
+
+def validate_classes(config: RunConfig, classes: int) -> None:
+    """What depends on the number of classes K: ConfigError (one line) when the configuration cannot train K."""
+    features = config.width if config.arch == "mlp" else RESNET20_FEATURES
+    _require(
+        config.imbalance_ratio == 1 or classes >= 4,
+        f"imbalance_ratio: needs at least 4 classes (two minority classes to compare), got {classes}",
+    )
+    _require(
+        config.classifier != "etf" or features >= classes - 1,
+        f"classifier: etf needs a feature dimension of at least K − 1 = {classes - 1}, got {features}",
+    )
+
+
+def typed_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A configuration's values with their own types, as `RunConfig.as_values` gives them, from typed values or from
+    the strings MLflow params (and older checkpoints) hold; names no field has are left out. Not validated."""
+    typed = {name: parse_field(name, value) for name, value in values.items() if name in RunConfig.__dataclass_fields__}
+    return {name: list(value) if isinstance(value, tuple) else value for name, value in typed.items()}
+
+
+def config_from_values(values: Mapping[str, Any], check: bool = True) -> RunConfig:
+    """The RunConfig a checkpoint or `config.json` keeps: typed values (`RunConfig.as_values`), or the strings older
+    ones hold (`'depth': '7'`); fields added later take RunConfig's defaults, names no field has are ignored.
+    `check`: validate it (a file `dataset` must exist then); without, it is taken as it trained."""
+    typed = {name: tuple(value) if isinstance(value, list) else value for name, value in typed_values(values).items()}
+    config = RunConfig(**typed)
+    if check:
+        validate(config)
+    return config
 
 
 def condition_hash(config: RunConfig) -> str:

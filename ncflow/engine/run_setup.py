@@ -8,13 +8,14 @@ outputs: the local run record in `ncflow.tracked.train`, or `NullSink` for bench
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol
 
 import torch
 
 from ncflow.collapse.detector import CollapseDetector, resolve_threshold
-from ncflow.engine.config import ConfigError
+from ncflow.engine.config import ConfigError, parse_field, validate_classes
 from ncflow.engine.data import DataUnavailable, InMemoryData, load_dataset
 from ncflow.engine.imbalance import minority_classes, subsample
 from ncflow.engine.models import (
@@ -24,8 +25,9 @@ from ncflow.engine.models import (
     rescale_final_hidden,
 )
 from ncflow.engine.optional_metrics import imbalanced, optional_metric_names
+from ncflow.engine.own_data import OwnDataError
 from ncshared import schema
-from ncshared.run_config import SOURCE, RunConfig, params_marked
+from ncshared.run_config import SOURCE, RunConfig, format_value, params_marked
 
 # Fields of a Phase-1 checkpoint's configuration that an intervention run must share with it (marked SOURCE): the
 # model, and the training settings whose state (optimiser moments, schedule position) the checkpoint carries into
@@ -114,16 +116,38 @@ def mean_feature_norm(model: torch.nn.Module, inputs: torch.Tensor) -> float:
     return features.double().norm(dim=1).mean().item()
 
 
+_DEFAULT_THREADS: list[int] = []  # torch's thread count when this process first set its numerics
+
+
+def set_numerics(config: RunConfig, device: torch.device) -> None:
+    """How this process computes, as the run asks: threads, determinism, matmul precision, denormals.
+
+    Process-wide settings (a pack's members share them: they are PACK fields), set again for every run, so a sweep
+    worker's next trial does not inherit the last one's. `threads` 0 restores the count the process started with.
+    `deterministic` makes torch refuse an op that has no deterministic kernel and, on CUDA, gives cuBLAS a fixed
+    workspace (CUBLAS_WORKSPACE_CONFIG, read when cuBLAS first starts in the process, so it is set before the model
+    exists); the same configuration, seed, threads, device and versions then give the same history bit for bit.
+    """
+    if not _DEFAULT_THREADS:
+        _DEFAULT_THREADS.append(torch.get_num_threads())
+    torch.set_num_threads(config.threads or _DEFAULT_THREADS[0])
+    if config.deterministic and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(config.deterministic)
+    torch.backends.cudnn.benchmark = False  # cuDNN's autotuner picks kernels by timing: a source of run-to-run change
+    # Weight decay drives weights and gradients into float32's denormal range late in training, where CPU
+    # arithmetic takes a slow path: 4.9x slower epochs at epoch 200 of the default run (benchmarks/bench_denormal.py).
+    # Flushing them to zero keeps late epochs as fast as early ones. The flag is per thread and pool threads copy it
+    # when created, so it is set here, after the thread count and before the first parallel op of a training process.
+    torch.set_flush_denormal(True)
+    torch.set_float32_matmul_precision(config.matmul_precision)
+
+
 def prepare(config: RunConfig, fn_ref: float | None = None) -> Setup:
     """Validate against the world (data, device) and build the training state at epoch 1."""
     threshold = resolve_threshold(config.nc1_threshold, config.arch, config.depth, config.activation)
     device = resolve_device(config.device)
-    # Weight decay drives weights and gradients into float32's denormal range late in training, where CPU
-    # arithmetic takes a slow path: 4.9x slower epochs at epoch 200 of the default run (benchmarks/bench_denormal.py).
-    # Flushing them to zero keeps late epochs as fast as early ones. The flag is per thread and pool threads copy it
-    # when created, so it is set here, before the first parallel op of a training process.
-    torch.set_flush_denormal(True)
-    torch.set_float32_matmul_precision(config.matmul_precision)  # process-wide: a pack's members share it
+    set_numerics(config, device)
     try:
         data = load_dataset(
             config.dataset,
@@ -134,6 +158,9 @@ def prepare(config: RunConfig, fn_ref: float | None = None) -> Setup:
         ).to(device)
     except DataUnavailable as error:
         raise ConfigError(f"data_dir: {error}") from None
+    except OwnDataError as error:
+        raise ConfigError(f"dataset: {error}") from None
+    validate_classes(config, data.num_classes)
     data, counts = subsample(data, config.imbalance_ratio, config.imbalance_profile, config.seed)
     torch.manual_seed(config.seed)
     model = build_model(
@@ -160,11 +187,11 @@ def prepare(config: RunConfig, fn_ref: float | None = None) -> Setup:
 def start_from_phase1(setup: Setup, state: Mapping[str, Any], source_run: str) -> None:
     """The intervention: continue from a source run's end-of-Phase-1 state, final hidden layer scaled by α."""
     config = setup.config
-    source = state["config"]
     for name in SHARED_WITH_SOURCE_FIELDS:
-        if source[name] != config.as_params()[name]:
+        theirs = format_value(parse_field(name, state["config"][name]))  # typed, or an older checkpoint's string
+        if theirs != config.as_params()[name]:
             raise ConfigError(
-                f"init_from: run {source_run} has {name}={source[name]}, this run has {name}={config.as_params()[name]}"
+                f"init_from: run {source_run} has {name}={theirs}, this run has {name}={config.as_params()[name]}"
             )
     setup.model.load_state_dict(state["model"])
     setup.optimizer.load_state_dict(state["optimizer"])

@@ -12,6 +12,8 @@ A run's directory (default `.ncflow/runs/RUN_ID/` under the working directory; `
     state.pt          the training state after the latest saved epoch (model, optimiser, schedule, RNG,
                       batch order, history), replaced atomically (temp file + os.replace)
     files/…           artifacts before upload: checkpoints/*.pt, history.csv, config.json, figures/…
+    model/…           the final network and an input example, before the shipper logs them as the run's MLflow
+                      model (ncflow.record.logged_model)
 
 Why a journal of our own and not MLflow's asynchronous logging: MLflow's async queue lives in process
 memory, so SIGKILL or an OOM kill loses it, and its retries give up after a few minutes of outage. The
@@ -43,8 +45,9 @@ from ncflow.record.record_lock import WRITE, Holder, RecordLock, RecordTaken
 RECORD_DIR_VARIABLE = "NCFLOW_RECORD_DIR"
 DEFAULT_RECORD_DIR = Path(".ncflow") / "runs"
 RECORD_FILE, JOURNAL_FILE, SHIPPED_FILE, STATE_FILE, FILES_DIR = "record.json", "journal.jsonl", "shipped", "state.pt", "files"
+MODEL_DIR = "model"
 
-METRICS, TAGS, ARTIFACT, STATUS = "metrics", "tags", "artifact", "status"  # journal entry types
+METRICS, TAGS, ARTIFACT, STATUS, MODEL = "metrics", "tags", "artifact", "status", "model"  # journal entry types
 
 
 def record_root(record_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -204,6 +207,10 @@ class RunRecord:
     def state_path(self) -> Path:
         return self.directory / STATE_FILE
 
+    @property
+    def model_dir(self) -> Path:
+        return self.directory / MODEL_DIR
+
     def meta(self) -> dict[str, Any]:
         try:
             return json.loads((self.directory / RECORD_FILE).read_text())
@@ -285,6 +292,13 @@ class RunRecord:
         """Keep `data` as the run's artifact `artifact_path` (e.g. `checkpoints/last.pt`) and journal its upload."""
         atomic_write_bytes(self.files_dir / artifact_path, data)
         self.append({"type": ARTIFACT, "path": artifact_path})
+
+    def model(self, files: Mapping[str, bytes], entry: Mapping[str, Any]) -> None:
+        """Keep the files of the run's MLflow model (under `model/`) and journal its logging (`entry`: what the
+        shipper needs besides the files)."""
+        for name, data in files.items():
+            atomic_write_bytes(self.model_dir / name, data)
+        self.append({**entry, "type": MODEL})
 
     def close(self) -> None:
         if self._journal is not None:

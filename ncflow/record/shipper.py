@@ -20,8 +20,9 @@ from typing import Any, Callable
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
+from ncflow.record import logged_model
 from ncflow.record.liveness import RUN_HEARTBEAT_EVERY_S, Owner, heartbeat_value
-from ncflow.record.local_record import ARTIFACT, METRICS, STATUS, TAGS, RunRecord, find_records
+from ncflow.record.local_record import ARTIFACT, METRICS, MODEL, STATUS, TAGS, RunRecord, find_records
 from ncflow.record.record_lock import SYNC, RecordTaken
 from ncflow.record.retry import retried
 from ncshared import schema
@@ -54,6 +55,8 @@ def ship_batch(client: MlflowClient, record: RunRecord, entries: list[dict[str, 
         directory = str(Path(path).parent) if "/" in path else None
         if local.exists():  # a file replaced later by a newer version is uploaded again then
             client.log_artifact(run_id, str(local), artifact_path=directory)
+    elif kind == MODEL:
+        logged_model.ship(client, record, entries[0])
     elif kind == STATUS:
         status = entries[0]["status"]
         if status == "RUNNING":

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 import torch
 
+from ncflow.engine.config import typed_values
 from ncflow.record.local_record import RecordDiskFull, RunRecord, atomic_write_bytes
 from ncshared import schema
 
@@ -27,8 +28,12 @@ SAVE_BUDGET = 0.02  # the share of wall time the resume-state saves may take
 
 
 def state_bytes(state: Mapping[str, Any]) -> bytes:
+    """A checkpoint or resume state as `torch.save` writes it, its `config` with typed values (`depth` 7, not '7')."""
+    saved = dict(state)
+    if "config" in saved:
+        saved["config"] = typed_values(saved["config"])
     buffer = io.BytesIO()
-    torch.save(dict(state), buffer)
+    torch.save(saved, buffer)
     return buffer.getvalue()
 
 

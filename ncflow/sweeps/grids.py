@@ -163,6 +163,16 @@ def with_seeds(sweep: Sweep, seeds: tuple[int, ...] | None) -> Sweep:
     return sweep if seeds is None else dataclasses.replace(sweep, seeds=seeds)
 
 
+def with_datasets(sweep: Sweep, datasets: tuple[str, ...] | None) -> Sweep:
+    """The sweep with these data sets in place of the values of its `dataset` dimension (the grid's MNIST and
+    CIFAR-10: `ncflow reproduce --grid-data mnist-5k` runs its MNIST half on mnist-5k); None keeps them."""
+    if datasets is None:
+        return sweep
+    blocks = tuple(dataclasses.replace(block, dims={**block.dims, "dataset": datasets}) if "dataset" in block.dims
+                   else block for block in sweep.blocks)
+    return dataclasses.replace(sweep, blocks=blocks)
+
+
 # ---------------------------------------------------------------- spec files
 
 

@@ -67,7 +67,7 @@ def param_distributions(params: Mapping[str, Any]) -> dict[str, BaseDistribution
             distributions[name] = FloatDistribution(0.0, 1e12)
         elif kind == "bool":
             distributions[name] = CategoricalDistribution((False, True))
-        elif name in ENUMERATED_FIELDS:
+        elif params[name] in ENUMERATED_FIELDS.get(name, ()):  # your own data's path: in the user attribute only
             distributions[name] = CategoricalDistribution(ENUMERATED_FIELDS[name])
     return distributions
 

@@ -22,7 +22,9 @@ def history_csv(rows: Iterable[Mapping[str, float]]) -> bytes:
 
 
 def config_json(config: RunConfig) -> bytes:
-    return json.dumps(config.as_params(), indent=2).encode()
+    """The resolved RunConfig with typed values (`"depth": 7`, `"milestones": [300, 450]`); the MLflow params hold
+    the same as strings. `ncflow.engine.config.config_from_values` reads it, and the strings of older runs."""
+    return json.dumps(config.as_values(), indent=2).encode()
 
 
 def dynamics_figure_png(
@@ -72,25 +74,40 @@ def angles_json(num_classes: int, at_collapse: list[float] | None, at_end: list[
 
 def angles_figure_png(num_classes: int, at_collapse: list[float] | None, at_end: list[float] | None,
                       t_nc: int | None, last_epoch: int | None, title: str) -> bytes:
-    """Histograms of the pairwise class-mean angles at T_NC and at the end, the simplex angle marked (non-finite
-    angles are left out, and the legend says how many)."""
+    """Histograms of the pairwise class-mean angles side by side, at T_NC and at the end (one panel when the run never
+    collapsed), on shared bins and axes, each with the simplex angle arccos(−1/(K−1)) marked and its pairs' mean ±
+    std; non-finite angles (a diverged run's) are left out, and the panel says how many."""
+    import numpy as np
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(5.0, 3.4), dpi=120, layout="constrained")
-    ax = figure.subplots()
-    for values, label, color in ((at_collapse, f"at T_NC = {t_nc}", "C0"), (at_end, f"epoch {last_epoch} (end)", "C1")):
-        finite = finite_only(values)
-        left_out = len(values or ()) - len(finite)
-        if finite:
-            ax.hist(finite, bins=20, alpha=0.6, color=color,
-                    label=label + (f" ({left_out} not finite, left out)" if left_out else ""))
-    if not finite_only(at_end):  # the end's features or class means were not finite: a diverged run
-        ax.text(0.02, 0.96, f"epoch {last_epoch} (end): no finite angles", transform=ax.transAxes, va="top",
-                fontsize="small", color="C3")
-    ax.axvline(simplex_angle(num_classes), color="k", linestyle="--", linewidth=1,
-               label=f"simplex arccos(−1/{num_classes - 1}) = {simplex_angle(num_classes):.2f}°")
-    ax.set(xlabel="angle between centred class means (degrees)", ylabel="class pairs", title=title)
-    ax.legend(fontsize="small")
+    simplex = simplex_angle(num_classes)
+    moments = [(values, f"at T_NC = epoch {t_nc}") for values in (at_collapse,) if t_nc is not None or values]
+    moments.append((at_end, f"at the end, epoch {last_epoch}"))
+    finite = [finite_only(values) for values, _ in moments]
+    every = [angle for angles in finite for angle in angles] + [simplex]
+    low, high = min(every), max(every)
+    margin = max(0.5, 0.05 * (high - low))
+    bins = np.linspace(low - margin, high + margin, 25)
+    figure = Figure(figsize=(max(5.6, 3.6 * len(moments) + 0.6), 3.6), dpi=120, layout="constrained")
+    axes = figure.subplots(1, len(moments), sharex=True, sharey=True, squeeze=False)[0]
+    tallest = 1
+    for ax, (values, label), angles, color in zip(axes, moments, finite, ("C0", "C1")):
+        left_out = len(values or ()) - len(angles)
+        if angles:
+            counts, _, _ = ax.hist(angles, bins=bins, color=color, edgecolor="black", linewidth=0.6)
+            tallest = max(tallest, int(max(counts)))
+            std = float(np.std(angles, ddof=1)) if len(angles) > 1 else 0.0
+            stats = f"{len(angles)} pairs: {np.mean(angles):.2f}° ± {std:.2f}°"
+            stats += f", {left_out} not finite (left out)" if left_out else ""
+        else:
+            stats = "no finite angles" if values else "not measured"
+        ax.axvline(simplex, color="k", linestyle="--", linewidth=1.2, label=f"simplex {simplex:.2f}°")
+        ax.set_title(f"{label}\n{stats}", fontsize="medium", color="black" if angles else "C3")
+        ax.set_xlabel("angle between centred class means (°)")
+        ax.legend(loc="upper right", fontsize="small")
+    axes[0].set(ylabel="class pairs", ylim=(0, tallest * 1.3))  # headroom for the legend
+    never = "" if len(moments) == 2 else " (no T_NC: the run never collapsed)"
+    figure.suptitle(f"{title}\npairwise class-mean angles, K = {num_classes}{never}", fontsize="medium")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()

@@ -1,8 +1,9 @@
 """What a run tells its reader: the Markdown description the MLflow UI shows, and the end-of-run message.
 
 The description (`schema.TAG_NOTE`, MLflow's `mlflow.note.content`) opens the run's Overview tab: status, ε,
-T_NC, fn*, the early warning when known, the phase switch, and the dynamics figure inlined through the tracking
-server's own artifact endpoint (`get-artifact`, relative to the UI's address, so it works behind any host name).
+T_NC, fn*, the early warning when known, the phase switch, what the run ran on (code, software, numerics, data: its
+provenance tags), and the dynamics figure inlined through the tracking server's own artifact endpoint
+(`get-artifact`, relative to the UI's address, so it works behind any host name).
 The end-of-run message says where the run went: run id and name, experiment, store, the figure's artifact URI
 and the command that shows it in the MLflow UI.
 """
@@ -43,12 +44,39 @@ def figure_markdown(run_id: str) -> str:
     return f"![dynamics](get-artifact?{query})"
 
 
+def provenance_lines(tags: Mapping[str, str]) -> list[str]:
+    """What the run ran on and with (its provenance tags), as the description's last lines; none without tags."""
+    if not tags:
+        return []
+
+    def get(key: str) -> str:
+        return tags.get(key, "?")
+
+    commit = get(schema.TAG_GIT_COMMIT)
+    code = f"commit `{commit[:12]}`"
+    if tags.get(schema.TAG_GIT_DIRTY) == "true":
+        code += f" with uncommitted changes (`{schema.GIT_DIFF_FILE}`)"
+    cuda = "" if get(schema.TAG_CUDA) == "none" else f", CUDA {get(schema.TAG_CUDA)}, cuDNN {get(schema.TAG_CUDNN)}"
+    lines = [
+        f"- code: ncflow {get(schema.TAG_VERSION)}, {code}",
+        f"- software: Python {get(schema.TAG_PYTHON)}, torch {get(schema.TAG_TORCH)}{cuda}, "
+        f"numpy {get(schema.TAG_NUMPY)}, MLflow {get(schema.TAG_MLFLOW)}, Optuna {get(schema.TAG_OPTUNA)}",
+        f"- numerics: {get(schema.TAG_DEVICE)} ({get(schema.TAG_DEVICE_MODEL)}), {get(schema.TAG_THREADS)} "
+        f"thread{'' if get(schema.TAG_THREADS) == '1' else 's'}, "
+        f"float32 matmul precision {get(schema.TAG_MATMUL_PRECISION)}, deterministic {get(schema.TAG_DETERMINISTIC)}",
+        f"- data: {get(schema.TAG_DATA)}, digest `{get(schema.TAG_DATA_DIGEST)}` (dataset inputs `train`, `test`)",
+    ]
+    if tags.get(schema.TAG_RESUMED_WITH):
+        lines.append(f"- resumed with other software or numerics: {tags[schema.TAG_RESUMED_WITH]}")
+    return lines
+
+
 def description(
     run_id: str, config: RunConfig, status: str, summary: Mapping[str, float], last_row: Mapping[str, float] | None,
-    divergence_reason: str | None = None,
+    divergence_reason: str | None = None, provenance_tags: Mapping[str, str] | None = None,
 ) -> str:
     """The run's Markdown description, for a run starting (`status` running) or ended; a diverged run's says why and
-    at which epoch (`divergence_reason`), and that it is complete as it is."""
+    at which epoch (`divergence_reason`), and that it is complete as it is; then what it ran on (`provenance_tags`)."""
     eps = summary.get(schema.COLLAPSE_THRESHOLD, math.nan)
     t_nc, fn_star = summary.get(schema.T_NC), summary.get(schema.FN_STAR)
     headline = f"**{STATUS_WORDS.get(status, status)}**"
@@ -72,13 +100,34 @@ def description(
             f"fn {last_row[schema.FN]:.4g}, train acc {last_row[schema.TRAIN_ACC]:.2%}, "
             f"test acc {last_row[schema.TEST_ACC]:.2%}"
         )
+    lines += rounded_metric_lines(summary, last_row)
     lines.append(
         "- charts: section **NC** of *Model metrics* (log10 NC1, log10 fn, and `under_eps`: 1 where NC1 < ε); "
         f"all metrics under `nc/`; every epoch in `{schema.HISTORY_FILE}`"
     )
+    lines += provenance_lines(provenance_tags or {})
     if status != schema.STATUS_RUNNING:
         lines += ["", f"`{schema.DYNAMICS_FIGURE}`:", "", figure_markdown(run_id)]
     return "\n".join(lines)
+
+
+def rounded_metric_lines(summary: Mapping[str, float], last_row: Mapping[str, float] | None) -> list[str]:
+    """What the MLflow UI's metrics table shows to 17 digits, to 4 significant ones: T_NC and fn* at every logged ε,
+    and the last epoch's other collapse metrics (the table and history.csv keep every digit)."""
+    def number(value: float | None) -> str:
+        return "—" if value is None or not math.isfinite(value) else f"{value:.4g}"
+
+    at_eps = [f"ε = {eps:g}: " + (f"T_NC {summary[t_nc]:.0f}, fn\\* {number(summary.get(schema.fn_star_at(eps)))}"
+                                  if (t_nc := schema.t_nc_at(eps)) in summary else "not reached")
+              for eps in schema.EXTRA_THRESHOLDS]
+    lines = [f"- at every logged ε: {'; '.join(at_eps)}"]
+    if last_row:
+        named = (("NC2", schema.NC2), ("NC3", schema.NC3), ("NC4", schema.NC4), ("NCC", schema.NCC),
+                 ("test NC1", schema.TEST_NC1), ("class-mean angle", schema.ANGLE_MEAN))
+        values = [f"{label} {number(last_row.get(key))}" + ("°" if key == schema.ANGLE_MEAN else "")
+                  for label, key in named if key in last_row]
+        lines.append(f"- last epoch, 4 significant digits (the metrics table has them in full): {', '.join(values)}")
+    return lines
 
 
 def failure_note(run_id: str, last_epoch: int, reason: str, resumable: bool, why: str,
@@ -129,18 +178,27 @@ def see_it(place: RunPlace) -> str:
             + ui_page("http://127.0.0.1:5000", place.experiment_id, place.run_id))
 
 
-def end_message(place: RunPlace, status: str, t_nc: int | None, fn_star: float | None) -> Sequence[str]:
-    """The lines `ncflow train` prints at the end: the outcome, then where the run is."""
+def end_message(place: RunPlace, status: str, t_nc: int | None, fn_star: float | None,
+                model: bool = False) -> Sequence[str]:
+    """The lines `ncflow train` prints at the end: the outcome, then where the run is (and its model, when logged)."""
     t_text = "never" if t_nc is None else str(t_nc)
     fn_text = "-" if fn_star is None else f"{fn_star:.4f}"
-    return [
+    lines = [
         f"run {place.run_id}: {status}, T_NC={t_text}, fn*={fn_text}",
         f"  name        {place.run_name}",
         f"  experiment  {place.experiment} (id {place.experiment_id})",
         f"  store       {place.tracking_uri}",
         f"  figure      {place.artifact_uri.rstrip('/')}/{schema.DYNAMICS_FIGURE}",
-        f"  see it      {see_it(place)}",
     ]
+    if model:
+        lines.append(f"  model       {load_model_line(place)}")
+    return [*lines, f"  see it      {see_it(place)}"]
+
+
+def load_model_line(place: RunPlace) -> str:
+    """The one line that loads the run's final network (its forward gives the logits), with the store it needs."""
+    return (f'mlflow.pytorch.load_model("runs:/{place.run_id}/{schema.MODEL_NAME}")   '
+            f"(forward → logits; with MLFLOW_TRACKING_URI={place.tracking_uri})")
 
 
 def sweep_end_message(tracking_uri: str, experiment: str, name: str) -> Sequence[str]:

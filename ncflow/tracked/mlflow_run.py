@@ -8,7 +8,6 @@ Every name comes from `ncshared.schema` (listed in docs/tracking.md).
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import tempfile
 from contextlib import suppress
@@ -16,11 +15,10 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
-from mlflow.entities import Param, Run, RunTag
+from mlflow.entities import DatasetInput, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from ncflow import __version__
 from ncflow.engine.config import ConfigError, build_config, condition_hash, parse_field, run_name
 from ncflow.record.retry import retried
 from ncshared import schema
@@ -90,18 +88,6 @@ def sweep_parent_run(client: MlflowClient, experiment_id: str | None, sweep: str
     return found[0] if found else None
 
 
-def git_commit() -> str:
-    """The commit of the ncflow checkout, or `unknown` when not run from a git checkout."""
-    source = Path(__file__).resolve().parent
-    with suppress(OSError, subprocess.SubprocessError):
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=5, check=False
-        )
-        if result.returncode == 0:
-            return result.stdout.strip()
-    return "unknown"
-
-
 def logged_param_matches(name: str, logged: str, wanted: str) -> bool:
     """`mlflow run -P weight_decay=2e-4` logs `2e-4`; ncflow means the same number `0.0002`."""
     if logged == wanted:
@@ -137,8 +123,10 @@ def open_run(
     sweep: str | None = None,
     parent_run_id: str | None = None,
     extra_tags: Mapping[str, str] | None = None,
+    inputs: Sequence[DatasetInput] = (),
 ) -> str:
-    """Start (or, under `mlflow run`, adopt) the training run and write its params and tags; its id."""
+    """Start (or, under `mlflow run`, adopt) the training run and write its params, tags (the provenance among
+    `extra_tags`) and dataset inputs; its id."""
     adopted = adopted_run_id()
     if adopted:  # under `mlflow run`: MLflow made the run, in the experiment it was told
         run_id = adopted
@@ -151,8 +139,6 @@ def open_run(
         schema.TAG_KIND: schema.KIND_TRAIN,
         schema.TAG_CONDITION: condition_hash(config),
         schema.TAG_STATUS: schema.STATUS_RUNNING,
-        schema.TAG_VERSION: __version__,
-        schema.TAG_GIT_COMMIT: git_commit(),
     }
     if sweep:
         tags[schema.TAG_SWEEP] = sweep
@@ -161,6 +147,8 @@ def open_run(
     tags.update(extra_tags or {})
     client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()], synchronous=True)
     log_config_params(client, run_id, config)
+    if inputs:
+        client.log_inputs(run_id, datasets=list(inputs))
     return run_id
 
 

@@ -46,8 +46,8 @@ def train_pack(
     try:
         with termination_as_interrupt():
             for member, member_tags in zip(members, tags):
-                record, place = opened(client, member.config, root, sweep, parent_run_id, member_tags)
-                runs.append(RecordedRun(member, client, record, place))
+                record, place, found = opened(client, member, root, sweep, parent_run_id, member_tags)
+                runs.append(RecordedRun(member, client, record, place, found.tags))
                 runs[-1].begin()  # a member whose start fails (a full disk) is failed and closed with the others
             try:
                 pack.run_pack(members, [run.sink for run in runs], progress)

@@ -19,7 +19,7 @@ from ncflow.engine import optional_metrics, run_setup
 from ncflow.engine.config import ConfigError
 from ncflow.record.liveness import RUN_STALE_AFTER_S, parse_heartbeat
 from ncflow.record.local_record import RecordTaken, RunRecord, record_root
-from ncflow.tracked import mlflow_run, stale_runs
+from ncflow.tracked import mlflow_run, provenance, stale_runs
 from ncflow.tracked.train import SHIP_TIMEOUT_S, TrainResult, place_of, run_recorded
 from ncshared import schema
 from ncshared.run_config import RunConfig
@@ -126,5 +126,10 @@ def resume(
         raise
     record.claim({"tracking_uri": client.tracking_uri})
     record.status("RUNNING")
-    record.tags({schema.TAG_STATUS: schema.STATUS_RUNNING, schema.TAG_FAIL_REASON: ""})
-    return run_recorded(setup, client, record, progress, ship_timeout_s, place_of(client, run_id))
+    logged = {key: value for key, value in run.data.tags.items() if key in schema.PROVENANCE_TAGS}
+    changed = provenance.resumed_with(logged, provenance.collect(setup).tags)
+    tags = {schema.TAG_STATUS: schema.STATUS_RUNNING, schema.TAG_FAIL_REASON: ""}
+    if changed:  # the run started on other code or numerics: say so (its start's provenance stays as logged)
+        tags[schema.TAG_RESUMED_WITH] = changed
+    record.tags(tags)
+    return run_recorded(setup, client, record, progress, ship_timeout_s, place_of(client, run_id), {**logged, **tags})

@@ -18,12 +18,14 @@ from mlflow.tracking import MlflowClient
 
 from ncflow.engine import loop, optional_metrics, run_setup
 from ncflow.engine.config import ConfigError, run_name
+from ncflow.engine.data import InMemoryData
 from ncflow.engine.run_setup import Setup
+from ncflow.record import logged_model
 from ncflow.record.local_record import RecordDiskFull, RunRecord, no_space, record_root
 from ncflow.record.shipper import Shipper
 from ncflow.record.signals import interruption_reason, note_stopped_run, termination_as_interrupt
 from ncflow.record.sink import RecordSink
-from ncflow.tracked import artifacts, messages, mlflow_run, stale_runs
+from ncflow.tracked import artifacts, messages, mlflow_run, provenance, stale_runs
 from ncshared import schema
 from ncshared.run_config import RunConfig
 
@@ -43,6 +45,7 @@ class TrainResult:
     unshipped: int = 0  # journal entries MLflow does not have yet (`ncflow sync` sends them)
     record_dir: str = ""
     place: messages.RunPlace | None = None  # where the run is (for the end-of-run message)
+    model: bool = False  # the run's final network is kept as its MLflow model (`runs:/RUN_ID/model`)
 
 
 def resolve_fn_ref(client: MlflowClient, config: RunConfig) -> float | None:
@@ -65,9 +68,10 @@ def load_phase1_source(client: MlflowClient, run_id: str) -> dict[str, Any]:
         raise ConfigError(f"init_from: {error}") from None
 
 
-def record_results(setup: Setup, record: RunRecord, sink: RecordSink) -> dict[str, float]:
+def record_results(setup: Setup, record: RunRecord, sink: RecordSink,
+                   provenance_tags: Mapping[str, str] | None = None) -> dict[str, float]:
     """Summary metrics, status tags, history.csv, config.json and the dynamics figure, into the record (a diverged
-    run's too: every file copes with its non-finite values)."""
+    run's too: every file copes with its non-finite values); the description names the run's provenance."""
     detector = setup.detector
     summary = detector.summary_metrics()
     sink.summary(summary)
@@ -77,6 +81,8 @@ def record_results(setup: Setup, record: RunRecord, sink: RecordSink) -> dict[st
     record.tags(tags)
     record.artifact_bytes(schema.HISTORY_FILE, artifacts.history_csv(setup.history))
     record.artifact_bytes(schema.CONFIG_FILE, artifacts.config_json(setup.config))
+    if setup.config.log_model:  # the final network as the run's MLflow model (runs:/RUN_ID/model)
+        logged_model.keep(record, setup.config, setup.model, setup.data.train_x, detector.last_epoch)
     figure = artifacts.dynamics_figure_png(record.run_id, setup.history, summary, setup.config, detector.status,
                                            detector.divergence_reason)
     record.artifact_bytes(schema.DYNAMICS_FIGURE, figure)
@@ -84,7 +90,8 @@ def record_results(setup: Setup, record: RunRecord, sink: RecordSink) -> dict[st
     record_angles(setup, record, end.angles)
     record_optional(setup, record, sink, end.class_nc1_table)
     last = setup.history[-1] if setup.history else None
-    note = messages.description(record.run_id, setup.config, detector.status, summary, last, detector.divergence_reason)
+    note = messages.description(record.run_id, setup.config, detector.status, summary, last, detector.divergence_reason,
+                                provenance_tags)
     record.tags({schema.TAG_NOTE: note})
     return summary
 
@@ -109,12 +116,12 @@ def record_optional(setup: Setup, record: RunRecord, sink: RecordSink, class_nc1
         record.artifact_bytes(schema.CLASS_NC1_FILE, class_nc1_table)
 
 
-def note_start(setup: Setup, record: RunRecord) -> None:
+def note_start(setup: Setup, record: RunRecord, provenance_tags: Mapping[str, str] | None = None) -> None:
     """The description a run shows while it trains (replaced by the summary at the end)."""
     summary = setup.detector.summary_metrics()
     last = setup.history[-1] if setup.history else None
     record.tags({schema.TAG_NOTE: messages.description(record.run_id, setup.config, schema.STATUS_RUNNING,
-                                                             summary, last)})
+                                                       summary, last, provenance_tags=provenance_tags)})
 
 
 def place_of(client: MlflowClient, run_id: str) -> messages.RunPlace:
@@ -134,6 +141,7 @@ class RecordedRun:
     client: MlflowClient
     record: RunRecord
     place: messages.RunPlace | None
+    provenance_tags: Mapping[str, str] = field(default_factory=dict)  # what the description says it ran on
     sink: RecordSink = field(init=False)
     shipper: Shipper = field(init=False)
     summary: dict[str, float] = field(default_factory=dict)
@@ -152,7 +160,7 @@ class RecordedRun:
         setup, record, config = self.setup, self.record, self.setup.config
         self.shipper.start()
         self.sink.start(loop.checkpoint_state(setup, setup.start_epoch - 1))
-        note_start(setup, record)
+        note_start(setup, record, self.provenance_tags)
         if setup.minority is not None:
             record.tags({schema.TAG_CLASS_COUNTS: ",".join(str(n) for n in setup.class_counts)})
             record.artifact_bytes(schema.CLASS_COUNTS_FILE,
@@ -162,7 +170,7 @@ class RecordedRun:
 
     def finish(self) -> None:
         """After the last epoch (the sink closed): the summary, the files, FINISHED."""
-        self.summary = record_results(self.setup, self.record, self.sink)
+        self.summary = record_results(self.setup, self.record, self.sink, self.provenance_tags)
         self.final_status = "FINISHED"
 
     def fail(self, error: BaseException) -> None:
@@ -213,17 +221,18 @@ class RecordedRun:
                 file=sys.stderr,
             )
         detector = self.setup.detector
+        model = (record.model_dir / logged_model.NETWORK_FILE).is_file()
         return TrainResult(record.run_id, detector.status, detector.t_nc, detector.fn_star, self.summary,
-                           self.setup.history, unshipped, str(record.directory), self.place)
+                           self.setup.history, unshipped, str(record.directory), self.place, model)
 
 
 def run_recorded(
     setup: Setup, client: MlflowClient, record: RunRecord, progress: bool, ship_timeout_s: float | None,
-    place: messages.RunPlace | None = None,
+    place: messages.RunPlace | None = None, provenance_tags: Mapping[str, str] | None = None,
 ) -> TrainResult:
     """The loop inside an open run. Any exception, Ctrl-C, SIGTERM or SIGHUP leaves the run FAILED/KILLED
     with its reason and a resumable state; what MLflow has not taken yet stays in the record."""
-    run = RecordedRun(setup, client, record, place)
+    run = RecordedRun(setup, client, record, place, dict(provenance_tags or {}))
     try:
         with termination_as_interrupt():
             try:
@@ -256,8 +265,8 @@ def train(
     setup = prepared(client, config)
     root = record_root(record_dir)
     stale_runs.sync_in_background(root, client.tracking_uri)  # earlier runs' leftovers for this store
-    record, place = opened(client, config, root, sweep, parent_run_id, extra_tags)
-    return run_recorded(setup, client, record, progress, ship_timeout_s, place)
+    record, place, found = opened(client, setup, root, sweep, parent_run_id, extra_tags)
+    return run_recorded(setup, client, record, progress, ship_timeout_s, place, found.tags)
 
 
 def prepared(client: MlflowClient, config: RunConfig) -> Setup:
@@ -271,17 +280,32 @@ def prepared(client: MlflowClient, config: RunConfig) -> Setup:
 
 
 def opened(
-    client: MlflowClient, config: RunConfig, root: Path, sweep: str | None, parent_run_id: str | None,
+    client: MlflowClient, setup: Setup, root: Path, sweep: str | None, parent_run_id: str | None,
     extra_tags: Mapping[str, str] | None,
-) -> tuple[RunRecord, messages.RunPlace]:
-    """A new MLflow run (adopted under `mlflow run`) and its local record."""
-    run_id = mlflow_run.open_run(client, config, sweep=sweep, parent_run_id=parent_run_id, extra_tags=extra_tags)
+) -> tuple[RunRecord, messages.RunPlace, provenance.Provenance]:
+    """A new MLflow run (adopted under `mlflow run`) with its provenance, its local record, and the provenance; the
+    patch of a work tree that differed from its commit goes into the record (`schema.GIT_DIFF_FILE`)."""
+    config = setup.config
+    found = provenance.collect(setup)
+    run_id = mlflow_run.open_run(client, config, sweep=sweep, parent_run_id=parent_run_id,
+                                 extra_tags={**found.tags, **data_file_tags(setup.data), **(extra_tags or {})},
+                                 inputs=provenance.dataset_inputs(config, setup.data, found.splits))
     place = place_of(client, run_id)  # read now: the store may be down when the run ends
     try:
         record = RunRecord.create(root, run_id, {"tracking_uri": client.tracking_uri, "experiment": config.experiment})
+        if found.diff:
+            record.artifact_bytes(schema.GIT_DIFF_FILE, found.diff.encode())
     except OSError as error:  # a full disk: the run just opened must not stay RUNNING, nor be called resumable
         raise failed_without_record(client, run_id, root / run_id, error) from None
-    return record, place
+    return record, place, found
+
+
+def data_file_tags(data: InMemoryData) -> dict[str, str]:
+    """Your own data's file or folder: its path, sha256 and sizes as tags (none for ncflow's named data sets)."""
+    if data.file is None:
+        return {}
+    return {schema.TAG_DATA_PATH: data.file.path, schema.TAG_DATA_SHA256: data.file.sha256,
+            schema.TAG_DATA_SIZES: data.file.sizes}
 
 
 def failed_without_record(client: MlflowClient, run_id: str, directory: Path, error: OSError) -> OSError:
