@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ncflow.engine.config import ConfigError, build_config, condition_hash, parse_field, run_name
-from ncflow.record.retry import retried
+from ncflow.record.retry import is_database_locked, retried
 from ncshared import schema
 from ncshared.mlflow_env import (
     StoreUnavailable,
@@ -148,8 +148,17 @@ def open_run(
     client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()], synchronous=True)
     log_config_params(client, run_id, config)
     if inputs:
-        client.log_inputs(run_id, datasets=list(inputs))
+        # Two workers opening runs on the same data race to insert the one dataset row: the loser's transaction
+        # fails on the store's unique key and rolls back; called again, it finds the row and links it.
+        retried(lambda: client.log_inputs(run_id, datasets=list(inputs)), when=dataset_insert_race, delays=(0.2,),
+                attempts=5)
     return run_id
+
+
+def dataset_insert_race(error: BaseException) -> bool:
+    """Another process inserted the same dataset (experiment, name, digest) first, or the store was busy."""
+    text = str(error)
+    return "UNIQUE constraint failed: datasets" in text or "duplicate key value" in text or is_database_locked(error)
 
 
 def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:
