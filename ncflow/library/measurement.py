@@ -9,7 +9,8 @@ batch fails. Nothing is synchronised with the host until the passes are over.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,23 +63,30 @@ def measure_loader(
     device = model_device(model)
     statistics = CollapseStatistics(num_classes, classifier.weight, classifier.bias, minority_classes, passes)
     by_layer = {name: CollapseStatistics(num_classes, passes=passes) for name in layers}
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), FeatureTap(model, classifier_name, layers) as tap:
-            for pass_number in range(passes):
-                if pass_number == 1:
-                    for accumulator in (statistics, *by_layer.values()):
-                        accumulator.start_second_pass()
-                seen = _one_pass(model, loader, tap, unpack, device, statistics, by_layer)
-                if seen == 0:
-                    raise MonitorInputError("loader: it yielded no batches")
-    finally:
-        model.train(was_training)
+    with evaluating(model, classifier_name, layers) as tap:
+        for pass_number in range(passes):
+            if pass_number == 1:
+                for accumulator in (statistics, *by_layer.values()):
+                    accumulator.start_second_pass()
+            seen = _one_pass(model, loader, tap, unpack, device, statistics, by_layer)
+            if seen == 0:
+                raise MonitorInputError("loader: it yielded no batches")
     predictions = statistics.predictions()
     return LoaderMeasurement(statistics.compute(), predictions["accuracy"], predictions["loss"],
                              {name: accumulator.compute() for name, accumulator in by_layer.items()},
                              int(statistics.total.item()))
+
+
+@contextmanager
+def evaluating(model: nn.Module, classifier_name: str, layers: Sequence[str] = ()) -> Iterator[FeatureTap]:
+    """Eval mode, no grad and the hooks for the block; the model's mode restored and the hooks removed after it."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FeatureTap(model, classifier_name, layers) as tap:
+            yield tap
+    finally:
+        model.train(was_training)
 
 
 def _one_pass(model: nn.Module, loader: Iterable[Any], tap: FeatureTap, unpack: Unpack, device: torch.device,
@@ -101,11 +109,6 @@ def class_mean_angles_of(model: nn.Module, loader: Iterable[Any], classifier_nam
     """The K(K−1)/2 angles between the centred class means of the classifier's input over `loader` (one pass)."""
     device = model_device(model)
     statistics = CollapseStatistics(num_classes, passes=1)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), FeatureTap(model, classifier_name) as tap:
-            _one_pass(model, loader, tap, unpack or default_unpack, device, statistics, {})
-    finally:
-        model.train(was_training)
+    with evaluating(model, classifier_name) as tap:
+        _one_pass(model, loader, tap, unpack or default_unpack, device, statistics, {})
     return statistics.class_mean_angles()
