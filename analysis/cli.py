@@ -4,6 +4,7 @@
     ncflow-analysis tables  --out report --format md,csv
     ncflow-analysis figures --out report --format png
     ncflow-analysis report  --out report --log
+    ncflow-analysis han     --tracking-uri sqlite:///grokking/mlflow.db --out han-report
 
 This module parses the arguments and calls: reading the store is `analysis.store`'s (histories through the
 local cache), the report, its manifest cache and its MLflow run are `analysis.report`'s. Never imports torch.
@@ -199,6 +200,31 @@ def report(source: Source, out: Path, formats: tuple[str, ...], figure_formats: 
             run_id = reporting.log_report(source, out, outcome.n_runs)
             experiment = source.experiment or schema.DEFAULT_EXPERIMENT
             click.echo(f"logged as MLflow run {run_id} in experiment {experiment!r}")
+
+
+@main.command()
+@source_options
+@out_option
+@formats_option("--figure-format", "figure_formats", FIGURE_FORMATS, "figure")
+def han(source: Source, out: Path, figure_formats: tuple[str, ...]) -> None:
+    """Han et al.'s program: the grokking figure, the NCC and flatness regulariser figures, and OUT/claims.md (each
+    claim tested per task: holds / does not hold / not enough runs). Runs are grouped by their params, not by sweep.
+
+    Example: ncflow-analysis han --tracking-uri sqlite:///grokking/mlflow.db --out han-report
+    """
+    from analysis.han_et_al import read_han
+    from analysis.han_figures import write_han_report
+
+    if source.experiment is not None:  # a bad experiment is bad input (exit 2), found before any work
+        client, uri = store.make_client(source.tracking_uri)
+        try:
+            store.experiment_names(client, source.experiment, uri)
+        except store.StoreError as error:
+            raise BadInput(f"--experiment: {error}") from None
+    with clean_errors(source):
+        han_runs = read_han(source.tracking_uri, source.experiment, source.sweep, source.cache_dir, source.progress)
+        paths = write_han_report(han_runs, out, figure_formats)
+    click.echo("\n".join(str(path) for path in paths))
 
 
 if __name__ == "__main__":

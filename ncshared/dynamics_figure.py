@@ -69,8 +69,8 @@ def run_value(run: Run, key: str) -> float:
         return math.nan
 
 
-def _series(history: pd.DataFrame, metric: str) -> pd.Series:
-    """A metric's finite values by epoch: NaN and ±inf (a diverged run's last epochs) are not drawn."""
+def finite_series(history: pd.DataFrame, metric: str) -> pd.Series:
+    """A metric's finite values by epoch (or step): NaN and ±inf (a diverged run's last epochs) are left out."""
     if metric not in history.columns:
         return pd.Series(dtype=float)
     values = pd.to_numeric(history[metric], errors="coerce")
@@ -94,7 +94,7 @@ def _by_epoch(history: pd.DataFrame) -> pd.DataFrame:
 
 def _phase_switch(history: pd.DataFrame, run: Run) -> float:
     """The last Phase-1 epoch (where the CE → MSE switch is drawn), or NaN."""
-    phase = _series(history, PHASE)
+    phase = finite_series(history, PHASE)
     if (phase == 2).any() and (phase == 1).any():
         return float(phase[phase == 1].index.max())
     if run.get("protocol", "two-phase") == "two-phase" and not (phase == 1).all():
@@ -107,7 +107,7 @@ def _clip_switch_dip(ax: Axes, history: pd.DataFrame, switch: float, settle: int
     everything else, the axis starts at the rest's minimum and a note gives the dip's depth."""
     if math.isnan(switch):
         return
-    values = pd.concat([_series(history, key) for key in (TRAIN_ACC, TEST_ACC)])
+    values = pd.concat([finite_series(history, key) for key in (TRAIN_ACC, TEST_ACC)])
     if values.empty:
         return
     dip = values[(values.index > switch) & (values.index <= switch + settle)]
@@ -138,14 +138,14 @@ def plot_dynamics(history: pd.DataFrame, run: Run, axes: Sequence[Axes] | None =
     switch, t_nc, eps = _phase_switch(wide, run), run_value(run, T_NC), run_value(run, COLLAPSE_THRESHOLD)
     acc, nc1, pair, fn = axes[:4]
     for key, label in ((TRAIN_ACC, "train"), (TEST_ACC, "test")):
-        series = _series(wide, key)
+        series = finite_series(wide, key)
         if len(series):
             acc.plot(series.index, series.to_numpy(), label=label)
     acc.set(title="(a) Accuracy", xlabel="epoch", ylabel="accuracy")
     _clip_switch_dip(acc, wide, switch)
-    series = _series(wide, NC1)
+    series = finite_series(wide, NC1)
     nc1.plot(series.index, series.to_numpy(), color="C0", label="NC1 (train)", gid=NC1)
-    test_series = _series(wide, TEST_NC1)
+    test_series = finite_series(wide, TEST_NC1)
     if len(test_series):  # runs logged before test-set collapse existed have none
         nc1.plot(test_series.index, test_series.to_numpy(), color="C1", linewidth=1, label="NC1 (test)",
                  gid=TEST_NC1)
@@ -154,11 +154,11 @@ def plot_dynamics(history: pd.DataFrame, run: Run, axes: Sequence[Axes] | None =
         nc1.axhline(eps, color="k", linestyle=":", linewidth=1, label=f"ε = {eps:g}")
     nc1.set(title="(b) NC1", xlabel="epoch", ylabel="Tr(Σ_W) / Tr(Σ_B)")
     for key, label in ((NC2, "NC2"), (NC3, "NC3")):
-        series = _series(wide, key)
+        series = finite_series(wide, key)
         if len(series):
             pair.plot(series.index, series.to_numpy(), label=label, gid=key)
     pair.set(title="(c) NC2 and NC3", xlabel="epoch")
-    series = _series(wide, FN)
+    series = finite_series(wide, FN)
     fn.plot(series.index, series.to_numpy(), color="C2", label="fn", gid=FN)
     fn_star = run_value(run, FN_STAR)
     if not math.isnan(fn_star):

@@ -10,6 +10,8 @@ this vocabulary; a field without a mark is not that:
 - `INTERVENTION`: enters the condition only as whether the run is an intervention (`init_from`).
 - `SYNTHETIC`: describes the synthetic data set; it enters the condition only for dataset `synthetic`.
 - `IMBALANCE`: describes the imbalanced subsample; it enters the condition only when `imbalance_ratio` is not 1.
+- `REGULARISER`: describes Han et al.'s regulariser and its unplug; it enters the condition only when `reg` is not
+  `none`.
 - `SOURCE`: an intervention run must share it with its Phase-1 source: the model, and the training settings whose
   state (optimiser moments, schedule position) the Phase-1 checkpoint carries into Phase 2.
 - `PACK`: the members of one pack (runs trained together in one process) must share it.
@@ -32,7 +34,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 DATASETS = ("digits", "mnist-5k", "synthetic", "mnist", "fashion-mnist", "cifar10")
-ARCHS = ("mlp", "resnet20")
+ARCHS = ("mlp", "resnet20", "resnet18")
 ACTIVATIONS = ("relu", "gelu", "tanh")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "multistep", "constant")
@@ -42,11 +44,13 @@ IMBALANCE_PROFILES = ("step", "exp")
 DEVICES = ("auto", "cpu", "cuda")
 MATMUL_PRECISIONS = ("highest", "high")  # torch.set_float32_matmul_precision
 REGULARISERS = ("none", "ncc", "flatness")  # Han et al.'s loss terms, CE − λ·R (ncflow.collapse.regularisers)
+UNPLUG_SCHEDULES = ("none", "cosine")  # what the learning rate does after the regulariser's unplug
 DEFAULT_LEAD = 62  # epochs from T_cross to the predicted T_NC (the paper's mean lead)
 DEFAULT_EXPERIMENT = "ncflow"
 
 # The marks (metadata keys set to True) and the two valued metadata keys; the module docstring says what each means.
 DESIGN, INTERVENTION, SYNTHETIC, IMBALANCE = "design", "intervention", "synthetic", "imbalance"
+REGULARISER = "regulariser"
 SOURCE, PACK, COUNT = "shared_with_source", "shared_in_pack", "count"
 ADDED_DEFAULT, CHOICES = "added_default", "choices"
 
@@ -68,8 +72,8 @@ class RunConfig:
 
     dataset: str = param("digits", DESIGN, SOURCE, PACK)  # digits | mnist-5k | synthetic (embedded, offline) | mnist | fashion-mnist | cifar10, or your own: a .npz/.pt file (x_train, y_train, x_test, y_test) or an image folder (train/, test/)
     data_dir: str = param("data", PACK)  # where torchvision data sets live (mnist, fashion-mnist, cifar10)
-    arch: str = param("mlp", DESIGN, SOURCE, PACK, choices=ARCHS)  # mlp | resnet20
-    depth: int = param(5, DESIGN, SOURCE, PACK)  # MLP hidden layers (ignored by resnet20, which is 20 layers deep)
+    arch: str = param("mlp", DESIGN, SOURCE, PACK, choices=ARCHS)  # mlp | resnet20 (He et al.'s CIFAR ResNet-20, 64-d features) | resnet18 (the CIFAR ResNet-18 of Han et al., 512-d features)
+    depth: int = param(5, DESIGN, SOURCE, PACK)  # MLP hidden layers (ignored by the ResNets, whose depth is in their name)
     width: int = param(512, DESIGN, SOURCE, PACK)  # MLP hidden width
     classifier: str = param("learned", DESIGN, added="learned", choices=CLASSIFIERS)  # learned | etf (the head fixed to a simplex ETF in a seeded random frame, bias 0, frozen)
     activation: str = param("relu", DESIGN, SOURCE, PACK, choices=ACTIVATIONS)  # relu | gelu | tanh (MLP)
@@ -87,6 +91,12 @@ class RunConfig:
     protocol: str = param("two-phase", DESIGN, PACK, choices=PROTOCOLS)  # two-phase | ce-only (CE for all epochs) | mse-only (MSE for all epochs)
     imbalance_ratio: float = param(1.0, DESIGN, IMBALANCE, PACK, added="1.0")  # ρ = n_max / n_min of a seeded training subsample (≥ 1; 1 keeps the training set as it is)
     imbalance_profile: str = param("step", DESIGN, IMBALANCE, PACK, added="step", choices=IMBALANCE_PROFILES)  # with ρ > 1: step (the first half of the classes n_max, the rest n_max/ρ) | exp (n_c = n_max ρ^(−c/(K−1)))
+    reg: str = param("none", DESIGN, SOURCE, REGULARISER, added="none", choices=REGULARISERS)  # Han et al.'s regulariser of the penultimate features: none | ncc (loss − λ·batch NCC) | flatness (loss − λ·relative-flatness bound)
+    reg_lambda: float = param(0.0, DESIGN, SOURCE, REGULARISER, added="0.0")  # λ of the regulariser (≥ 0; > 0 needs reg): each batch's loss is CE (or MSE) − λ·R
+    unplug_epoch: int = param(0, DESIGN, SOURCE, REGULARISER, added="0")  # the regulariser is in the loss for epochs ≤ this one, then removed (the unplug); 0: never unplugged
+    unplug_weight_decay: float = param(-1.0, DESIGN, SOURCE, REGULARISER, added="-1.0")  # at the unplug, switch the weight decay to this (≥ 0); −1: keep it
+    unplug_lr_factor: float = param(1.0, DESIGN, SOURCE, REGULARISER, added="1.0")  # at the unplug, multiply the learning rate by this (> 0)
+    unplug_schedule: str = param("none", DESIGN, SOURCE, REGULARISER, added="none", choices=UNPLUG_SCHEDULES)  # after the unplug: none (the run's schedule goes on, times the factor) | cosine (from the factored rate to 0 over the remaining epochs)
     layerwise: bool = param(False, added="false")  # also measure NC1, NC1_pinv, NC2 and fn of every hidden layer's output, every epoch
     nc1_threshold: str = param("auto", DESIGN)  # ε for T_NC: auto (0.05 for GELU/Tanh or MLP depth ≤ 3, else 0.01) or a number in (0, 1)
     fn_ref: str = param("none")  # reference fn* for T_cross: none | a positive number | auto (mean fn* of finished runs of the condition)
@@ -124,6 +134,10 @@ class RunConfig:
         if self.protocol == "mse-only":
             return 2
         return 1 if epoch <= self.phase1_epochs else 2
+
+    def regularised(self, epoch: int) -> bool:
+        """Whether the regulariser is in the loss of a 1-based global epoch (a `reg`, and not yet unplugged)."""
+        return self.reg != "none" and (self.unplug_epoch == 0 or epoch <= self.unplug_epoch)
 
     def as_params(self) -> dict[str, str]:
         """Every field as the string MLflow stores (see docs/tracking.md)."""

@@ -108,6 +108,10 @@ LAYER_METRIC_NAMES = ("nc1", "nc1_pinv", "nc2", "fn")
 MINORITY_COLLAPSE = "nc/minority_collapse"  # mean pairwise cosine of the minority classes' classifier rows (→ 1)
 MINORITY_MEAN_COLLAPSE = "nc/minority_mean_collapse"  # the same for their centred class means
 IMBALANCE_METRICS = (MINORITY_COLLAPSE, MINORITY_MEAN_COLLAPSE)
+# `--reg` not none (Han et al.'s regulariser; also each evaluation of `ncflow grok`); in history.csv after its columns.
+REG_VALUE = "reg/value"  # the mean of R (the regulariser's value) over the epoch's batches, in the loss or not
+REG_ACTIVE = "reg/active"  # 1 in an epoch whose loss had − λ·R, 0 after the unplug
+REGULARISER_METRICS = (REG_VALUE, REG_ACTIVE)
 
 
 def layer_metric(layer: int, name: str) -> str:
@@ -218,6 +222,7 @@ SYNTHETIC_PARAMS = run_config.params_marked(run_config.SYNTHETIC)  # only for da
 # Params added after runs were already logged, with the value those older runs trained with (the reader fills it in).
 ADDED_PARAM_DEFAULTS = run_config.added_param_defaults()
 IMBALANCE_PARAMS = run_config.params_marked(run_config.IMBALANCE)  # enter a condition only when the ratio is not 1
+REGULARISER_PARAMS = run_config.params_marked(run_config.REGULARISER)  # enter a condition only with a regulariser
 DEFAULT_LEAD = run_config.DEFAULT_LEAD  # the `lead` param's default: the paper's mean lead
 DEFAULT_EXPERIMENT = run_config.DEFAULT_EXPERIMENT
 
@@ -234,6 +239,9 @@ def condition_params(params: Mapping[str, str]) -> dict[str, str]:
         condition.pop("classifier", None)
     if same_number(condition.get("imbalance_ratio", "1"), 1):  # balanced: likewise
         for name in IMBALANCE_PARAMS:
+            condition.pop(name, None)
+    if condition.get("reg", "none") == "none":  # unregularised (every run before the regularisers): likewise
+        for name in REGULARISER_PARAMS:
             condition.pop(name, None)
     if params["dataset"] != "synthetic":
         for name in SYNTHETIC_PARAMS:
@@ -252,7 +260,9 @@ def run_name(params: Mapping[str, str]) -> str:
 
     MLP `mlp{depth}-{activation}-w{width}` (else the arch), `-wd{λ:.0e}-{dataset}` (your own data: the file's or
     folder's name without its suffix, `my_data` for `./my_data.npz`), `-etf-head` for a fixed ETF
-    classifier, `-imb{ρ}-{profile}` for an imbalanced subsample, `-ce-only`/`-mse-only` for a non-default protocol, `-a{α}` for an intervention run, `-s{seed}`.
+    classifier, `-imb{ρ}-{profile}` for an imbalanced subsample, `-ce-only`/`-mse-only` for a non-default protocol,
+    `-ncc1e-03`/`-flatness1e-04` for a regulariser (its λ) and `-u{epoch}` for its unplug, `-a{α}` for an
+    intervention run, `-s{seed}`.
     """
     if params["arch"] == "mlp":
         model = f"mlp{params['depth']}-{params['activation']}-w{params['width']}"
@@ -265,6 +275,10 @@ def run_name(params: Mapping[str, str]) -> str:
         parts.append(f"imb{float(params['imbalance_ratio']):g}-{params.get('imbalance_profile', 'step')}")
     if params["protocol"] != "two-phase":
         parts.append(params["protocol"])
+    if params.get("reg", "none") != "none":
+        parts.append(f"{params['reg']}{float(params['reg_lambda']):.0e}")
+        if not same_number(params.get("unplug_epoch", "0"), 0):
+            parts.append(f"u{params['unplug_epoch']}")
     if params["init_from"] != "none":
         parts.append(f"a{float(params['rescale_alpha']):g}")
     parts.append(f"s{params['seed']}")
@@ -292,6 +306,8 @@ def same_number(logged: str, wanted: float | int) -> bool:
 DEPTH_SWEEP, ACTIVATION_SWEEP, WEIGHT_DECAY_SWEEP, WIDTH_SWEEP = "depth", "activation", "weight-decay", "width"
 GRID_SWEEP, INTERVENTION_SWEEP, PROTOCOL_SWEEP = "grid", "intervention", "protocol"
 ETF_SWEEP, LAYERWISE_SWEEP, IMBALANCE_SWEEP = "etf", "layerwise", "imbalance"  # beyond the paper
+# Han et al.'s program: grokking (modular arithmetic) and their two regularisers.
+GROKKING_SWEEP, NCC_REGULARISER_SWEEP, FLATNESS_REGULARISER_SWEEP = "grokking", "ncc-regularizer", "flatness-regularizer"
 GRID_FAMILY = "grid"  # what the grid sweep varies: arch and dataset together (by preset), not one param
 # Every sweep name → its family in the analysis (`analysis.selection.SWEEP_NAMES`): the param its runs vary
 # (GRID_FAMILY for the grid; for the layer-wise study, the param its runs turn on). A name is never dropped, so the
@@ -300,4 +316,5 @@ SWEEP_FAMILIES: dict[str, str] = {
     DEPTH_SWEEP: "depth", ACTIVATION_SWEEP: "activation", WEIGHT_DECAY_SWEEP: "weight_decay", WIDTH_SWEEP: "width",
     GRID_SWEEP: GRID_FAMILY, INTERVENTION_SWEEP: "rescale_alpha", PROTOCOL_SWEEP: "protocol",
     ETF_SWEEP: "classifier", LAYERWISE_SWEEP: "layerwise", IMBALANCE_SWEEP: "imbalance_ratio",
+    GROKKING_SWEEP: "operation", NCC_REGULARISER_SWEEP: "reg_lambda", FLATNESS_REGULARISER_SWEEP: "reg_lambda",
 }

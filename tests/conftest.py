@@ -17,7 +17,8 @@ from tests.mlflow_fixtures import LocalStore, local_store, make_template_db
 # belongs here. The full suite (`python3 -m pytest`, what CI runs) runs everything.
 HEAVY_MODULES = frozenset({
     "test_analysis_extra_studies", "test_analysis_figures", "test_bad_input", "test_carry_runs", "test_chaos",
-    "test_disk_full", "test_divergence", "test_examples", "test_first_hour", "test_grokking", "test_imbalance",
+    "test_disk_full", "test_divergence", "test_engine_regularisers", "test_examples", "test_first_hour",
+    "test_grokking", "test_grokking_sweeps", "test_han_report", "test_imbalance",
     "test_layerwise", "test_library",
     "test_logged_model", "test_mlflow_run", "test_pack", "test_paper_claims", "test_provenance", "test_roundtrip",
     "test_single_writer", "test_sweep_parent_run", "test_sweeps", "test_tracking", "test_train", "test_train_cli",

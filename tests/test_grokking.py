@@ -11,11 +11,12 @@ from ncflow.cli.main import main as ncflow_main
 from ncflow.collapse.metrics import collapse_metrics
 from ncflow.collapse.regularisers import flatness_regulariser, ncc_regulariser
 from ncflow.grokking.config import GrokConfig, build_grok_config
-from ncflow.grokking.markers import grokking_markers
 from ncflow.grokking.task import modular_task, vocabulary_size
-from ncflow.grokking.train import StepSchedule
+from ncflow.grokking.train import StepSchedule, record_folder, resume_file, train_grokking
 from ncflow.grokking.transformer import GrokTransformer
+from ncflow.record.record_lock import RecordLock, RecordTaken
 from ncshared import schema
+from ncshared.grokking_markers import grokking_markers
 
 
 @pytest.mark.parametrize(("operation", "expected"), [("add", (3 + 5) % 7), ("subtract", (3 - 5) % 7),
@@ -115,3 +116,48 @@ def test_a_tiny_grokking_run_is_tracked_in_steps(cli_store):
     assert [m.value for m in client.get_metric_history(run_id, "reg/active")] == [1.0, 0.0]
     assert client.get_run(run_id).data.tags[schema.TAG_STEP_UNIT] == "step"
     assert GrokConfig().steps == 20_000
+
+
+class Interrupt(Exception):
+    """Stands for a signal or crash between two evaluations."""
+
+
+def histories(client, run_id: str, keys: list[str]) -> dict[str, list[tuple[int, float]]]:
+    return {key: [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+            for key in keys}
+
+
+def test_a_grokking_run_cut_off_mid_way_resumes_its_run_as_if_uninterrupted(cli_store, tmp_path, monkeypatch):
+    monkeypatch.setenv("NCFLOW_RECORD_DIR", str(tmp_path / "records"))
+    torch.set_num_threads(1)
+    config = build_grok_config(p=13, layers=1, d_model=16, heads=2, mlp_width=32, steps=40, eval_every=10,
+                               reg="ncc", reg_lambda=0.01, unplug_step=25)
+    whole = train_grokking(config, cli_store, "whole")
+
+    def cut_at_20(step: int, row: dict[str, float]) -> None:
+        if step == 20:
+            raise Interrupt
+    with pytest.raises(Interrupt):
+        train_grokking(config, cli_store, "cut", progress=cut_at_20)
+    assert resume_file(config).exists()
+    with pytest.raises(RecordTaken):  # a second writer of the same run is refused while one holds it
+        held = RecordLock(record_folder(config))
+        held.take("write")
+        try:
+            train_grokking(config, cli_store, "cut")
+        finally:
+            held.let_go()
+    resumed = train_grokking(config, cli_store, "cut")
+    client = __import__("mlflow").MlflowClient(cli_store)
+    cut_runs = client.search_runs([client.get_experiment_by_name("cut").experiment_id])
+    assert [run.info.run_id for run in cut_runs] == [resumed.run_id] and cut_runs[0].info.status == "FINISHED"
+    keys = [schema.TRAIN_LOSS, schema.TRAIN_ACC, schema.TEST_ACC, schema.NC1, schema.NCC, schema.FLATNESS, "reg/value",
+            "reg/active", "lr"]
+    expected = histories(client, whole.run_id, keys)
+    assert histories(client, resumed.run_id, keys) == expected  # bit for bit, every step logged once
+    assert [step for step, _ in expected[schema.NCC]] == [10, 20, 30, 40]
+    untimed = [[{k: v for k, v in row.items() if k != schema.EPOCH_TIME} for row in run.history] for run in (resumed, whole)]
+    assert untimed[0] == untimed[1]  # the monitor's rows too: the kept ones replayed, the rest measured again
+    assert not resume_file(config).exists()
+    assert cut_runs[0].data.metrics.get("grokking/step_memorised") == client.get_run(
+        whole.run_id).data.metrics.get("grokking/step_memorised")

@@ -28,15 +28,20 @@ HAND_WRITTEN = {
     ),
     "SYNTHETIC_PARAMS": ("synthetic_classes", "synthetic_shape", "synthetic_per_class"),
     "IMBALANCE_PARAMS": ("imbalance_ratio", "imbalance_profile"),
+    "REGULARISER_PARAMS": ("reg", "reg_lambda", "unplug_epoch", "unplug_weight_decay", "unplug_lr_factor",
+                           "unplug_schedule"),
     "DESIGN_PARAMS": (
         "dataset", "arch", "depth", "width", "activation", "optimizer", "lr", "momentum", "nesterov", "weight_decay",
         "schedule", "milestones", "lr_gamma", "batch_size", "phase1_epochs", "phase2_epochs", "protocol",
         "nc1_threshold", "rescale_alpha", "synthetic_classes", "synthetic_shape", "synthetic_per_class", "classifier",
         "imbalance_ratio", "imbalance_profile",
+        # Han et al.'s regulariser (issue 22), after the marks
+        "reg", "reg_lambda", "unplug_epoch", "unplug_weight_decay", "unplug_lr_factor", "unplug_schedule",
     ),
     "SHARED_WITH_SOURCE_FIELDS": (
         "dataset", "arch", "depth", "width", "activation", "phase1_epochs", "phase2_epochs", "optimizer", "lr",
         "momentum", "nesterov", "weight_decay", "schedule", "milestones", "lr_gamma", "batch_size",
+        "reg", "reg_lambda", "unplug_epoch", "unplug_weight_decay", "unplug_lr_factor", "unplug_schedule",
     ),
     "PACK_SHARED_FIELDS": (
         "dataset", "data_dir", "arch", "depth", "width", "activation", "batch_size", "phase1_epochs", "phase2_epochs",
@@ -49,9 +54,11 @@ HAND_WRITTEN = {
 HAND_WRITTEN_ADDED_PARAM_DEFAULTS = {"classifier": "learned", "checkpoints": "all", "layerwise": "false",
                                      "imbalance_ratio": "1.0", "imbalance_profile": "step",
                                      "matmul_precision": "highest", "threads": "0", "deterministic": "false",
-                                     "log_model": "false"}
+                                     "log_model": "false", "reg": "none", "reg_lambda": "0.0", "unplug_epoch": "0",
+                                     "unplug_weight_decay": "-1.0", "unplug_lr_factor": "1.0",
+                                     "unplug_schedule": "none"}
 HAND_WRITTEN_CHOICES = {  # `dataset` takes a file or folder too: ncflow.engine.config checks it
-    "arch": ("mlp", "resnet20"),
+    "arch": ("mlp", "resnet20", "resnet18"), "reg": ("none", "ncc", "flatness"), "unplug_schedule": ("none", "cosine"),
     "activation": ("relu", "gelu", "tanh"), "optimizer": ("adam", "sgd"), "schedule": ("cosine", "multistep", "constant"),
     "protocol": ("two-phase", "ce-only", "mse-only"), "device": ("auto", "cpu", "cuda"),
     "checkpoints": ("all", "phase", "last", "none"), "classifier": ("learned", "etf"), "imbalance_profile": ("step", "exp"),
@@ -69,8 +76,11 @@ PINNED_HASHES = [
     (None, {"init_from": "abc", "rescale_alpha": "0.3"}, "6fb2e86ccd1e"),
     (None, {"layerwise": "true", "matmul_precision": "high", "checkpoints": "all", "seed": "5"}, "ab8f5615ffa3"),
     (None, {"threads": "2", "deterministic": "true"}, "ab8f5615ffa3"),  # how the machine computes: no part either
+    (None, {"reg": "none"}, "ab8f5615ffa3"),  # unregularised: the regulariser's params are no part
+    (None, {"reg": "ncc", "reg_lambda": "1e-3"}, "610027bb616e"),  # pinned when the regularisers came (issue 22)
 ]
 VOCABULARY = {run_config.DESIGN, run_config.INTERVENTION, run_config.SYNTHETIC, run_config.IMBALANCE,
+              run_config.REGULARISER,
               run_config.SOURCE, run_config.PACK, run_config.COUNT, run_config.ADDED_DEFAULT, run_config.CHOICES}
 
 
@@ -79,6 +89,7 @@ def test_derived_lists_are_the_hand_written_ones():
         "NON_CONDITION_PARAMS": schema.NON_CONDITION_PARAMS,
         "SYNTHETIC_PARAMS": schema.SYNTHETIC_PARAMS,
         "IMBALANCE_PARAMS": schema.IMBALANCE_PARAMS,
+        "REGULARISER_PARAMS": schema.REGULARISER_PARAMS,
         "DESIGN_PARAMS": selection.DESIGN_PARAMS,
         "SHARED_WITH_SOURCE_FIELDS": run_setup.SHARED_WITH_SOURCE_FIELDS,
         "PACK_SHARED_FIELDS": pack.PACK_SHARED_FIELDS,
@@ -102,7 +113,8 @@ def test_every_field_is_in_the_condition_or_out_of_it():
 def test_marks_are_the_documented_vocabulary():
     for field in dataclasses.fields(RunConfig):
         assert set(field.metadata) <= VOCABULARY, field.name
-        for mark in (run_config.SYNTHETIC, run_config.IMBALANCE):  # a part of the condition, sometimes left out
+        # a part of the condition, sometimes left out
+        for mark in (run_config.SYNTHETIC, run_config.IMBALANCE, run_config.REGULARISER):
             assert not field.metadata.get(mark) or field.metadata.get(run_config.DESIGN), field.name
         if run_config.CHOICES in field.metadata:
             assert field.default in field.metadata[run_config.CHOICES], field.name

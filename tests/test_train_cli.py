@@ -118,7 +118,7 @@ def test_boolean_fields_are_flags_and_the_mlproject_form_takes_a_value(store):
     assert "--lr FLOAT" in help_text and "VALUE" not in help_text
     sections = [line for line in help_text.splitlines() if line.endswith("options:")]
     assert sections == ["Start options:", "Model options:", "Optimisation options:", "Protocol options:",
-                        "Collapse options:", "Data options:", "Tracking options:", "Other options:"]
+                        "Regulariser (Han et al.) options:", "Collapse options:", "Data options:", "Tracking options:", "Other options:"]
 
 
 @pytest.mark.parametrize(

@@ -77,7 +77,9 @@ def export_runs(client: MlflowClient, out: Path) -> int:
         if path.exists():
             continue
         history = Path(client.download_artifacts(info.run_id, schema.HISTORY_FILE)).read_text()
-        path.write_bytes(gzip.compress(json.dumps(run_record(client, run, history), sort_keys=True).encode(), mtime=0))
+        partial = path.with_name(f".{path.name}.{os.getpid()}")  # atomic: two exporters never leave half a file
+        partial.write_bytes(gzip.compress(json.dumps(run_record(client, run, history), sort_keys=True).encode(), mtime=0))
+        os.replace(partial, path)
         written += 1
     return written
 

@@ -275,7 +275,10 @@ def sweep(
     pack: str,
     quiet: bool,
 ) -> None:
-    """Run the named sweep NAME (depth, activation, weight-decay, width, grid, intervention, protocol; beyond the paper: etf, layerwise, imbalance) exactly once per point.
+    """Run the named sweep NAME (depth, activation, weight-decay, width, grid, intervention, protocol; beyond the paper: etf, layerwise, imbalance; Han et al.'s: grokking, ncc-regularizer, flatness-regularizer) exactly once per point.
+
+    The grokking sweeps train on modular arithmetic (`--set` takes `ncflow grok`'s settings, e.g. steps=2000); the
+    two regulariser sweeps train through the engine instead when a `--dataset` is given (e.g. mnist-5k).
 
     At the end it prints the sweep's parent run and its summary CSV.
 
@@ -284,17 +287,19 @@ def sweep(
       ncflow sweep depth --dry-run
       ncflow sweep depth --dataset mnist-5k --workers 2 --set phase1_epochs=20,phase2_epochs=80
       ncflow sweep depth --pack auto
+      ncflow sweep grokking --set operation=add,train_fraction=0.3 --experiment grokking
+      ncflow sweep ncc-regularizer --dataset mnist-5k
     """
     require_training_stack("sweep")
     from ncflow.sweeps import coordinator
-    from ncflow.sweeps.grids import lookup_sweep, parse_seeds, parse_settings, resolve_points, with_seeds
+    from ncflow.sweeps.grids import ENGINE, for_data, lookup_sweep, parse_seeds, parse_settings, resolve_points, with_seeds
     from ncflow.sweeps.plan import DONE, counts_line
     from ncflow.sweeps.storage import storage_kind, storage_url
     from ncflow.tracked import mlflow_run
 
     try:
-        definition = with_seeds(lookup_sweep(name, spec), parse_seeds(seeds))
-        overrides = parse_settings(settings)
+        definition = for_data(with_seeds(lookup_sweep(name, spec), parse_seeds(seeds)), dataset)
+        overrides = parse_settings(settings, definition.task)
         if dataset is not None and dataset.strip().lower() != "none":
             overrides["dataset"] = dataset
         uri = mlflow_run.client_for_uri(tracking_uri).tracking_uri  # the store checked: one line if unusable
@@ -306,8 +311,9 @@ def sweep(
         storage_kind(run.storage)
         if not dry_run:  # what the sweep writes: the storage, the workers' run records, downloaded data
             check_storage_dir(run.storage)
-            check_writable_paths(None, [point.config for point in points])
-            check_own_data([point.config for point in points])
+            engine_configs = [point.config for point in points if definition.task == ENGINE]
+            check_writable_paths(None, engine_configs)
+            check_own_data(engine_configs)
     except ConfigError as error:
         raise InputError(str(error)) from None
     if dry_run:

@@ -36,6 +36,8 @@ TRAIN_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Optimisation", ("optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule", "milestones",
                       "lr_gamma", "batch_size", "seed")),
     ("Protocol", ("protocol", "phase1_epochs", "phase2_epochs", "init_from", "rescale_alpha", "stop_after_collapse")),
+    ("Regulariser (Han et al.)", ("reg", "reg_lambda", "unplug_epoch", "unplug_weight_decay", "unplug_lr_factor",
+                                  "unplug_schedule")),
     ("Collapse", ("nc1_threshold", "fn_ref", "lead", "layerwise")),
     ("Data", ("dataset", "data_dir", "imbalance_ratio", "imbalance_profile", "synthetic_classes", "synthetic_shape",
               "synthetic_per_class", "device", "matmul_precision", "threads", "deterministic")),

@@ -1,7 +1,9 @@
 """The run configuration's presets, parsing and validation (`RunConfig` itself is `ncshared.run_config`).
 
 Resolution order is defaults → preset → explicit overrides; `validate` rejects a bad value with one line that names
-the parameter and what is allowed, before any data is loaded or any MLflow run exists. One default can come from the
+the parameter and what is allowed, before any data is loaded or any MLflow run exists. Han et al.'s regulariser
+(`reg`) works on the penultimate features and the head, which every engine architecture has (the MLP's last hidden
+activation, the ResNets' pooled vector), so only its values are checked, not the model. One default can come from the
 environment: NCFLOW_LOG_MODEL=false makes `log_model` default to false (the test suite sets it: logging a model adds
 about a second to a run, most of it the first time in a process).
 """
@@ -17,7 +19,7 @@ from ncflow.engine import own_data
 from ncshared import schema
 from ncshared.run_config import COUNT, DATASETS, RunConfig, field_choices, format_value, params_marked
 
-RESNET20_FEATURES = 64  # ResNet-20's pooled feature dimension
+RESNET_FEATURES = {"resnet20": 64, "resnet18": 512}  # each ResNet's pooled (penultimate) feature dimension
 LOG_MODEL_VARIABLE = "NCFLOW_LOG_MODEL"  # true | false: the default of `log_model` (RunConfig's is true)
 
 
@@ -194,11 +196,11 @@ def validate(config: RunConfig) -> None:
     )
     _require(
         config.arch == "mlp" or config.activation == "relu",
-        f"activation: resnet20 uses relu, got {config.activation!r} (activations apply to arch mlp)",
+        f"activation: {config.arch} uses relu, got {config.activation!r} (activations apply to arch mlp)",
     )
     _require(
         config.rescale_alpha == 1.0 or config.arch == "mlp",
-        "rescale_alpha: the intervention rescales an MLP's final hidden layer; arch resnet20 allows only 1.0",
+        f"rescale_alpha: the intervention rescales an MLP's final hidden layer; arch {config.arch} allows only 1.0",
     )
     _require(
         config.init_from == "none" or config.protocol == "two-phase",
@@ -212,6 +214,7 @@ def validate(config: RunConfig) -> None:
         1.0 <= config.imbalance_ratio <= MAX_COUNT,
         f"imbalance_ratio: expected a number from 1 to {MAX_COUNT:,} (n_max / n_min), got {config.imbalance_ratio}",
     )
+    validate_regulariser(config)
     if config.dataset in DATASETS:  # your own data's classes are known once it is read (`validate_classes` then)
         validate_classes(config, config.synthetic_classes if config.dataset == "synthetic" else 10)
     _require(
@@ -234,9 +237,41 @@ def validate(config: RunConfig) -> None:
     _require(bool(config.experiment.strip()), "experiment: expected a non-empty MLflow experiment name")
 
 
+def validate_regulariser(config: RunConfig) -> None:
+    """Han et al.'s regulariser and its unplug: λ finite and ≥ 0, > 0 only with a regulariser; the unplug inside the
+    run, and its options only with an unplug (which needs a regulariser)."""
+    _require(config.reg_lambda >= 0 and math.isfinite(config.reg_lambda),
+             f"reg_lambda: expected a finite number >= 0, got {config.reg_lambda}")
+    _require(config.reg != "none" or config.reg_lambda == 0,
+             f"reg_lambda: {config.reg_lambda} needs a regulariser (reg ncc or flatness); reg is none")
+    past_the_end = " (past the end)" if config.unplug_epoch >= config.total_epochs else ""
+    _require(0 <= config.unplug_epoch < config.total_epochs,
+             f"unplug_epoch: expected 0 (never) or an epoch before the last ({config.total_epochs}), got "
+             f"{_shown(config.unplug_epoch)}{past_the_end}")
+    _require(config.unplug_epoch == 0 or config.reg != "none",
+             f"unplug_epoch: {config.unplug_epoch} unplugs a regulariser, but reg is none")
+    _require(config.unplug_lr_factor > 0 and math.isfinite(config.unplug_lr_factor),
+             f"unplug_lr_factor: expected a finite number > 0, got {config.unplug_lr_factor}")
+    _require(config.unplug_weight_decay == -1 or (config.unplug_weight_decay >= 0
+                                                  and math.isfinite(config.unplug_weight_decay)),
+             f"unplug_weight_decay: expected a finite number >= 0, or -1 to keep the weight decay, got "
+             f"{config.unplug_weight_decay}")
+    changed = {"unplug_weight_decay": config.unplug_weight_decay != -1,
+               "unplug_lr_factor": config.unplug_lr_factor != 1, "unplug_schedule": config.unplug_schedule != "none"}
+    for name, is_set in changed.items():
+        _require(not is_set or config.unplug_epoch > 0,
+                 f"{name}: applies at the unplug; set unplug_epoch (and reg)" if config.reg == "none"
+                 else f"{name}: applies at the unplug; set unplug_epoch")
+
+
+def penultimate_features(config: RunConfig) -> int:
+    """The dimension of the penultimate features (the head's input): the MLP's width, a ResNet's pooled vector."""
+    return config.width if config.arch == "mlp" else RESNET_FEATURES[config.arch]
+
+
 def validate_classes(config: RunConfig, classes: int) -> None:
     """What depends on the number of classes K: ConfigError (one line) when the configuration cannot train K."""
-    features = config.width if config.arch == "mlp" else RESNET20_FEATURES
+    features = penultimate_features(config)
     _require(
         config.imbalance_ratio == 1 or classes >= 4,
         f"imbalance_ratio: needs at least 4 classes (two minority classes to compare), got {classes}",

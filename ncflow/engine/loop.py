@@ -5,6 +5,13 @@ Torch only — no MLflow: the loop hands every epoch's row, summary, checkpoint 
 one loop. Each epoch: one pass of mini-batches over the in-memory training tensors, then one no-grad eval-mode
 pass over the full training set that gives every collapse metric, with one host sync. After the last epoch,
 `measure_end_of_run` reads the training set's features once more for what a run keeps at its end.
+
+Han et al.'s regulariser (`reg`): in an epoch where it is active (`RunConfig.regularised`) each batch's loss is
+CE (or MSE, as the phase says) − λ·R(the batch's penultimate features, labels, the head's W and b); `train/loss` stays
+the CE or MSE alone. Every epoch of a regularised run logs `reg/value`, the mean R over its batches (after the unplug
+measured on the detached features, not trained on), and `reg/active`. At the end of `unplug_epoch` the unplug
+(`run_setup.unplug`) switches the weight decay, the learning-rate factor and the schedule, so the next epoch's `lr`
+shows them.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from ncflow.collapse.metrics import (
     class_mean_angles,
     collapse_metrics,
 )
+from ncflow.collapse.regularisers import regulariser_value
 from ncflow.engine.config import run_name
 from ncflow.engine.data import batch_indices
 from ncflow.engine.models import (
@@ -34,28 +42,46 @@ from ncflow.engine.models import (
     predict_layers_in_chunks,
 )
 from ncflow.engine.optional_metrics import class_nc1_csv, layer_collapse
-from ncflow.engine.run_setup import Setup, Sink, update_detector
+from ncflow.engine.run_setup import Setup, Sink, unplug, update_detector
 from ncshared import schema
 
 
-def train_one_epoch(setup: Setup, phase: int) -> float:
-    """One pass of shuffled mini-batches; returns the mean training loss (one host sync per epoch)."""
-    model, optimizer, data = setup.model, setup.optimizer, setup.data
+def train_one_epoch(setup: Setup, phase: int, epoch: int | None = None) -> float:
+    """One pass of shuffled mini-batches; returns the mean training loss (one host sync per epoch).
+
+    With a regulariser (`reg`), `epoch` (1-based, global; None: an epoch before any unplug) says whether it is in
+    the loss, and the epoch's mean R is left in `setup.reg_value` (the same single host sync)."""
+    model, optimizer, data, config = setup.model, setup.optimizer, setup.data, setup.config
     model.train()
     loss_sum = torch.zeros((), device=setup.device)
-    batches = batch_indices(len(data.train_y), setup.config.batch_size, setup.batch_order, device=setup.device)
+    reg_sum = torch.zeros((), device=setup.device)
+    regularised = config.reg != "none"
+    active = regularised and (epoch is None or config.regularised(epoch))
+    head = model.head
+    batches = batch_indices(len(data.train_y), config.batch_size, setup.batch_order, device=setup.device)
     for index in batches:
         inputs, labels = data.train_x[index], data.train_y[index]
-        logits, _ = model(inputs)
+        logits, features = model(inputs)
         if phase == 1:
             loss = F.cross_entropy(logits, labels)
         else:
             loss = F.mse_loss(logits, F.one_hot(labels, data.num_classes).to(logits.dtype))
+        objective = loss
+        if active:
+            value = regulariser_value(config.reg, features, labels, head.weight, head.bias)
+            objective = loss - config.reg_lambda * value
+            reg_sum += value.detach()
+        elif regularised:  # unplugged: R is still measured, on the detached features
+            with torch.no_grad():
+                reg_sum += regulariser_value(config.reg, features.detach(), labels, head.weight, head.bias)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        objective.backward()
         optimizer.step()
         loss_sum += loss.detach()
-    return (loss_sum / len(batches)).item()
+    if not regularised:
+        return (loss_sum / len(batches)).item()
+    loss_mean, setup.reg_value = (torch.stack([loss_sum, reg_sum]) / len(batches)).tolist()
+    return loss_mean
 
 
 def measure_epoch(setup: Setup) -> dict[str, float]:
@@ -159,7 +185,7 @@ def should_stop(setup: Setup, epoch: int) -> bool:
     return False
 
 
-def epoch_row(setup: Setup, epoch: int, train: Callable[[Setup, int], float] | None = None) -> dict[str, float]:
+def epoch_row(setup: Setup, epoch: int, train: Callable[[Setup, int, int], float] | None = None) -> dict[str, float]:
     """Train one epoch and measure it: the epoch's row (a kept row replaces it when the epoch is a replay).
 
     `train`: the epoch's training pass, `train_one_epoch` unless given (a pack trains its members together and
@@ -167,15 +193,22 @@ def epoch_row(setup: Setup, epoch: int, train: Callable[[Setup, int], float] | N
     started = time.perf_counter()
     phase = setup.config.phase_of(epoch)
     lr = setup.optimizer.param_groups[0]["lr"]
-    loss = (train or train_one_epoch)(setup, phase)
+    loss = (train or train_one_epoch)(setup, phase, epoch)
     return finish_row(setup, epoch, phase, lr, loss, started)
 
 
 def finish_row(setup: Setup, epoch: int, phase: int, lr: float, loss: float, started: float) -> dict[str, float]:
-    """The rest of an epoch after its training pass: the schedule step and the measurement, as the epoch's row."""
+    """The rest of an epoch after its training pass: the schedule step (and the unplug after `unplug_epoch`) and the
+    measurement, as the epoch's row."""
+    config = setup.config
     setup.scheduler.step()
+    if config.unplug_epoch and epoch == config.unplug_epoch:
+        unplug(setup)
     measured = measure_epoch(setup)
     row = {schema.TRAIN_LOSS: loss, **measured, schema.LR: lr, schema.PHASE: float(phase)}
+    if config.reg != "none":
+        row[schema.REG_VALUE] = setup.reg_value
+        row[schema.REG_ACTIVE] = float(config.regularised(epoch))
     row[schema.EPOCH_TIME] = time.perf_counter() - started
     return {schema.HISTORY_EPOCH: float(epoch), **row}
 

@@ -1,7 +1,8 @@
-"""Classifiers that return (logits, penultimate features): an MLP and the CIFAR ResNet-20 of He et al. (2016).
+"""Classifiers that return (logits, penultimate features): an MLP, the CIFAR ResNet-20 of He et al. (2016) and the
+CIFAR ResNet-18 Han et al. train.
 
-The penultimate features are what the collapse metrics measure: the MLP's last activation output, ResNet-20's
-64-d globally pooled vector.
+The penultimate features are what the collapse metrics measure (and Han et al.'s regularisers act on): the MLP's
+last activation output, ResNet-20's 64-d and ResNet-18's 512-d globally pooled vector.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 ACTIVATIONS = ("relu", "gelu", "tanh")
-ARCHS = ("mlp", "resnet20")
+ARCHS = ("mlp", "resnet20", "resnet18")
 STAGE_POOL = 2  # `--layerwise` on ResNet-20: each stage's output pooled to STAGE_POOL × STAGE_POOL
 
 # Kaiming gain per activation; torch has no gain for GELU, so it takes ReLU's (GELU ≈ ReLU for large |x|).
@@ -90,7 +91,33 @@ class BasicBlock(nn.Module):
         return F.pad(x, (0, 0, 0, 0, before, self.extra_channels - before))
 
 
-class ResNet20(nn.Module):
+class PooledResNet(nn.Module):
+    """A CIFAR-style ResNet's forward: stem conv, BN, ReLU → `stages` → global average pool (the features) → `head`.
+    Subclasses build `conv`, `bn`, `stages` and `head`."""
+
+    conv: nn.Conv2d
+    bn: nn.BatchNorm2d
+    stages: nn.Sequential
+    head: nn.Linear
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(logits (N, K), pooled features (N, the last stage's channels))."""
+        out = self.stages(F.relu(self.bn(self.conv(x))))
+        features = out.mean(dim=(2, 3))
+        return self.head(features), features
+
+    def forward_layers(self, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """(logits, features, layers): each stage's output average-pooled to 2×2 and flattened (ResNet-20: 16·4, 32·4,
+        64·4 values), then the pooled vector (the features)."""
+        out, layers = F.relu(self.bn(self.conv(x))), []
+        for stage in self.stages:
+            out = stage(out)
+            layers.append(F.adaptive_avg_pool2d(out, STAGE_POOL).flatten(1))
+        features = out.mean(dim=(2, 3))
+        return self.head(features), features, [*layers, features]
+
+
+class ResNet20(PooledResNet):
     """CIFAR ResNet-20 (He et al. 2016, §4.2): conv 16 → 3 × 3 BasicBlocks (16/32/64) → global pool → Linear.
 
     Shortcuts are option A (parameter-free), as in the paper's CIFAR experiments: 269,722 parameters for 3-channel
@@ -106,22 +133,42 @@ class ResNet20(nn.Module):
         self.head = nn.Linear(64, num_classes)
         _kaiming_init(self, "relu")
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(logits (N, K), pooled features (N, 64))."""
-        out = self.stages(F.relu(self.bn(self.conv(x))))
-        features = out.mean(dim=(2, 3))
-        return self.head(features), features
+
+class ProjectionBlock(BasicBlock):
+    """A BasicBlock whose shortcut, where the shape changes, is a 1×1 convolution and BatchNorm (option B), as
+    ResNet-18 has it."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__(in_channels, out_channels, stride)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                                          nn.BatchNorm2d(out_channels))
+
+    def _shortcut(self, x: Tensor) -> Tensor:
+        return self.shortcut(x)
 
 
-    def forward_layers(self, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
-        """(logits, features, layers): each stage's output average-pooled to 2×2 and flattened (16·4, 32·4, 64·4
-        values), then the pooled vector (the features)."""
-        out, layers = F.relu(self.bn(self.conv(x))), []
-        for stage in self.stages:
-            out = stage(out)
-            layers.append(F.adaptive_avg_pool2d(out, STAGE_POOL).flatten(1))
-        features = out.mean(dim=(2, 3))
-        return self.head(features), features, [*layers, features]
+class ResNet18(PooledResNet):
+    """The CIFAR ResNet-18 Han et al. use (the common CIFAR variant of He et al.'s ImageNet network): a 3×3 stride-1
+    stem conv with 64 channels, BN, ReLU and no max-pool; BasicBlocks [2, 2, 2, 2] at 64/128/256/512 channels (stride 2
+    from the second stage on, projection shortcuts where the shape changes); global average pool to 512-d features;
+    a linear head. 11,173,962 parameters for 3-channel input and 10 classes; any channel count and image size."""
+
+    WIDTHS = (64, 128, 256, 512)
+
+    def __init__(self, in_channels: int, num_classes: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(64)
+        stages, previous = [], 64
+        for index, width in enumerate(self.WIDTHS):
+            stride = 1 if index == 0 else 2
+            stages.append(nn.Sequential(ProjectionBlock(previous, width, stride), ProjectionBlock(width, width, 1)))
+            previous = width
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Linear(512, num_classes)
+        _kaiming_init(self, "relu")
 
 
 def _stage(in_channels: int, out_channels: int, stride: int, blocks: int = 3) -> nn.Sequential:
@@ -141,24 +188,27 @@ def _kaiming_init(model: nn.Module, nonlinearity: str) -> None:
                 nn.init.zeros_(module.bias)
 
 
+RESNETS: dict[str, type[nn.Module]] = {"resnet20": ResNet20, "resnet18": ResNet18}
+
+
 def build_model(
     arch: str, input_shape: tuple[int, int, int], num_classes: int, depth: int, width: int, activation: str
 ) -> nn.Module:
-    """The classifier for ``arch``. ResNet-20 has a fixed depth, width and ReLU: it ignores ``depth`` and ``width``
-    and rejects any activation but ``relu``."""
+    """The classifier for ``arch``. The ResNets have a fixed depth, width and ReLU: they ignore ``depth`` and
+    ``width`` and reject any activation but ``relu``."""
     if arch == "mlp":
         return MLP(math.prod(input_shape), num_classes, depth=depth, width=width, activation=activation)
-    if arch == "resnet20":
+    if arch in RESNETS:
         if activation != "relu":
-            raise ValueError(f"activation must be 'relu' for arch 'resnet20'; got {activation!r}")
-        return ResNet20(input_shape[0], num_classes)
+            raise ValueError(f"activation must be 'relu' for arch {arch!r}; got {activation!r}")
+        return RESNETS[arch](input_shape[0], num_classes)
     raise ValueError(f"arch must be one of {', '.join(ARCHS)}; got {arch!r}")
 
 
 def network_from_weights(arch: str, depth: int, width: int, activation: str,
                          weights: Mapping[str, Tensor]) -> nn.Module:
     """The classifier whose state dict is `weights`, built and loaded, in eval mode: its input size and class count
-    are read from the weights (an MLP's first Linear, ResNet-20's first convolution, the head), so no data set is
+    are read from the weights (an MLP's first Linear, a ResNet's first convolution, the head), so no data set is
     needed."""
     num_classes = weights["head.weight"].shape[0]
     first = weights["hidden.1.weight"] if arch == "mlp" else weights["conv.weight"]
@@ -210,8 +260,9 @@ def rescale_final_hidden(model: nn.Module, alpha: float) -> None:
 
 
 def layer_count(arch: str, depth: int) -> int:
-    """How many layers `--layerwise` measures: an MLP's hidden layers, ResNet-20's three stages and pooled vector."""
-    return depth if arch == "mlp" else 4
+    """How many layers `--layerwise` measures: an MLP's hidden layers, a ResNet's stages (ResNet-20 three, ResNet-18
+    four) and its pooled vector."""
+    return {"mlp": depth, "resnet20": 4, "resnet18": 5}[arch]
 
 
 @torch.no_grad()

@@ -6,6 +6,7 @@
   layer's NC1 is below the run's ε), `layers.csv` and `figures/layers.png`.
 - `--imbalance-ratio` > 1: `nc/minority_collapse` and `nc/minority_mean_collapse` (ncflow.collapse.metrics), the class
   counts (`class_counts.json`, tag `ncflow.class_counts`) and, at the end, the per-class NC1 (`class_nc1.csv`).
+- `--reg` ncc or flatness: `reg/value` and `reg/active` (ncflow.engine.loop), also in `history.csv` after its columns.
 """
 
 from __future__ import annotations
@@ -39,7 +40,13 @@ def layer_names(config: RunConfig) -> tuple[str, ...]:
 
 def optional_metric_names(config: RunConfig) -> tuple[str, ...]:
     """The per-epoch metrics this run logs beyond `schema.PER_EPOCH_METRICS`."""
-    return (*layer_names(config), *(schema.IMBALANCE_METRICS if imbalanced(config) else ()))
+    return (*layer_names(config), *(schema.IMBALANCE_METRICS if imbalanced(config) else ()),
+            *regulariser_names(config))
+
+
+def regulariser_names(config: RunConfig) -> tuple[str, ...]:
+    """`reg/value`, `reg/active` for a regularised run (they also join its `history.csv`); empty without."""
+    return schema.REGULARISER_METRICS if config.reg != "none" else ()
 
 
 def layer_collapse(layers: Sequence[torch.Tensor], labels: torch.Tensor, num_classes: int,

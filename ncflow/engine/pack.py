@@ -12,7 +12,9 @@ continues any member alone. A member that stops (divergence, `stop_after_collaps
 go on.
 
 The batched pass is the default on CUDA (`batches_members`); on the CPU members share the process but train one
-after another (`loop.train_one_epoch`): exact, and as fast as separate runs.
+after another (`loop.train_one_epoch`): exact, and as fast as separate runs. A pack with a regularised member (Han
+et al.'s `reg`, which needs each member's penultimate features in its loss) trains one after another on CUDA too,
+so its members may differ in regulariser, λ and unplug, each exactly as alone.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from ncshared.run_config import PACK, RunConfig, params_marked
 
 # What the members of one pack must share (marked PACK): the model's shape, the data and its batches, the schedule
 # of phases and epochs. They may differ in seed, weight decay, learning rate (and momentum), classifier, intervention
-# source and α, and every reporting setting.
+# source and α, regulariser (and its unplug), and every reporting setting.
 PACK_SHARED_FIELDS = params_marked(PACK)
 ACTIVATION_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh,
@@ -133,7 +135,10 @@ def train_batched_pack_epoch(members: Sequence[Setup], phase: int) -> list[float
 
 
 def batchable(members: Sequence[Setup]) -> bool:
-    """Whether the members can share a batched pass: all MLPs, or all ResNet-20s."""
+    """Whether the members can share a batched pass: all MLPs, or all ResNet-20s, none regularised (the batched pass
+    computes no penultimate features for the regulariser)."""
+    if any(member.config.reg != "none" for member in members):
+        return False
     return any(all(isinstance(member.model, kind) for member in members) for kind in (MLP, ResNet20))
 
 
@@ -144,16 +149,17 @@ def batches_members(members: Sequence[Setup]) -> bool:
     return members[0].device.type == "cuda" and batchable(members)
 
 
-def train_pack_epoch(members: Sequence[Setup], phase: int, batched: bool | None = None) -> list[float]:
-    """Each member's mean training loss of one epoch: batched (`train_batched_pack_epoch`; the default on CUDA), or
-    one after another (`loop.train_one_epoch`)."""
+def train_pack_epoch(members: Sequence[Setup], phase: int, batched: bool | None = None,
+                     epoch: int | None = None) -> list[float]:
+    """Each member's mean training loss of one epoch (`epoch`, 1-based: whether a regulariser is unplugged yet):
+    batched (`train_batched_pack_epoch`; the default on CUDA), or one after another (`loop.train_one_epoch`)."""
     if batched is None:
         batched = batches_members(members)
     if batched:
         if not batchable(members):
-            raise ValueError("a batched pack needs members of one architecture (MLP or ResNet-20)")
+            raise ValueError("a batched pack needs unregularised members of one architecture (MLP or ResNet-20)")
         return train_batched_pack_epoch(members, phase)
-    return [loop.train_one_epoch(member, phase) for member in members]
+    return [loop.train_one_epoch(member, phase, epoch) for member in members]
 
 
 def share_data(members: Sequence[Setup]) -> None:
@@ -183,7 +189,7 @@ def run_pack(members: Sequence[Setup], sinks: Sequence[Sink], progress: bool, ba
             started = time.perf_counter()
             phase = first.phase_of(epoch)
             lrs = [members[index].optimizer.param_groups[0]["lr"] for index in active]
-            losses = train_pack_epoch([members[index] for index in active], phase, batched)
+            losses = train_pack_epoch([members[index] for index in active], phase, batched, epoch)
             trained_s = time.perf_counter() - started
             going = []
             for index, lr, loss in zip(active, lrs, losses):

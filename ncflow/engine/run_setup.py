@@ -2,7 +2,9 @@
 
 Torch only. `prepare` validates a configuration against the world (the data, the device) and builds the model,
 optimiser, schedule and collapse detector at epoch 1; `start_from_phase1` starts the intervention from a Phase-1
-checkpoint; `restore` continues from a resume state. `Sink` is where the loop (`ncflow.engine.loop`) sends its
+checkpoint; `restore` continues from a resume state; `unplug` removes Han et al.'s regulariser after `unplug_epoch`
+and switches the weight decay, learning rate and schedule as configured (a state after it rebuilds that schedule
+from the configuration, `schedule_for`). `Sink` is where the loop (`ncflow.engine.loop`) sends its
 outputs: the local run record in `ncflow.tracked.train`, or `NullSink` for benchmarks and machines without MLflow.
 """
 
@@ -27,7 +29,7 @@ from ncflow.engine.models import (
 from ncflow.engine.optional_metrics import imbalanced, optional_metric_names
 from ncflow.engine.own_data import OwnDataError
 from ncshared import schema
-from ncshared.run_config import SOURCE, RunConfig, format_value, params_marked
+from ncshared.run_config import SOURCE, RunConfig, added_param_defaults, format_value, params_marked
 
 # Fields of a Phase-1 checkpoint's configuration that an intervention run must share with it (marked SOURCE): the
 # model, and the training settings whose state (optimiser moments, schedule position) the checkpoint carries into
@@ -80,6 +82,7 @@ class Setup:
     class_counts: list[int] = field(default_factory=list)  # training samples per class (after any subsample)
     minority: list[int] | None = None  # under class imbalance, the minority classes
     epoch_metrics: tuple[str, ...] = schema.PER_EPOCH_METRICS  # what each epoch's row logs (+ the optional ones)
+    reg_value: float = float("nan")  # with a regulariser: the last training pass's mean R (`reg/value`)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -109,6 +112,38 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: RunConfig) -> torch
     if config.schedule == "multistep":
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(config.milestones), gamma=config.lr_gamma)
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+def unplug_scheduler(optimizer: torch.optim.Optimizer, config: RunConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """After an unplug with `unplug_schedule` cosine: cosine from the factored rate to 0 over the epochs after
+    `unplug_epoch` (the first of them trains at that rate, as the run's own cosine starts at `lr`). Its base rate is
+    the param groups' `initial_lr`, which `unplug` set to the factored rate (and the optimiser's state keeps)."""
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.total_epochs - config.unplug_epoch)
+
+
+def schedule_for(optimizer: torch.optim.Optimizer, config: RunConfig, epoch: int,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler) -> torch.optim.lr_scheduler.LRScheduler:
+    """The schedule a state saved after `epoch` was stepping: `scheduler` (the run's own), or after an unplug with a
+    cosine schedule the unplug's, rebuilt from the configuration (its position comes from the state)."""
+    if config.unplug_epoch and epoch >= config.unplug_epoch and config.unplug_schedule == "cosine":
+        return unplug_scheduler(optimizer, config)
+    return scheduler
+
+
+def unplug(setup: Setup) -> None:
+    """The unplug, at the end of `unplug_epoch` (the regulariser leaves the loss from the next epoch on): the weight
+    decay switches to `unplug_weight_decay` (unless −1), the next epoch's learning rate is multiplied by
+    `unplug_lr_factor`, and with `unplug_schedule` cosine a cosine schedule from that rate to 0 replaces the run's
+    own. Without one, the run's schedule goes on from the factored rate (cosine, multistep and constant each scale
+    the rate the optimiser holds, so the factor stays in)."""
+    config = setup.config
+    for group in setup.optimizer.param_groups:
+        if config.unplug_weight_decay >= 0:
+            group["weight_decay"] = config.unplug_weight_decay
+        group["lr"] = group["lr"] * config.unplug_lr_factor
+        if config.unplug_schedule == "cosine":
+            group["initial_lr"] = group["lr"]  # the unplug's cosine starts here
+    setup.scheduler = schedule_for(setup.optimizer, config, config.unplug_epoch, setup.scheduler)
 
 
 def mean_feature_norm(model: torch.nn.Module, inputs: torch.Tensor) -> float:
@@ -187,17 +222,15 @@ def prepare(config: RunConfig, fn_ref: float | None = None) -> Setup:
 def start_from_phase1(setup: Setup, state: Mapping[str, Any], source_run: str) -> None:
     """The intervention: continue from a source run's end-of-Phase-1 state, final hidden layer scaled by α."""
     config = setup.config
+    added = added_param_defaults()
     for name in SHARED_WITH_SOURCE_FIELDS:
-        theirs = format_value(parse_field(name, state["config"][name]))  # typed, or an older checkpoint's string
+        raw = state["config"].get(name, added.get(name))  # a field added later: the value older runs trained with
+        theirs = format_value(parse_field(name, raw))  # typed, or an older checkpoint's string
         if theirs != config.as_params()[name]:
             raise ConfigError(
                 f"init_from: run {source_run} has {name}={theirs}, this run has {name}={config.as_params()[name]}"
             )
-    setup.model.load_state_dict(state["model"])
-    setup.optimizer.load_state_dict(state["optimizer"])
-    setup.scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])  # α = 1 then continues the source run exactly
-    setup.batch_order.set_state(state["batch_order_rng"])
+    load_training_state(setup, state)  # α = 1 then continues the source run exactly
     setup.start_epoch = int(state["epoch"]) + 1
     train_x = setup.data.train_x
     fn_before = mean_feature_norm(setup.model, train_x)
@@ -208,17 +241,24 @@ def start_from_phase1(setup: Setup, state: Mapping[str, Any], source_run: str) -
     }
 
 
+def load_training_state(setup: Setup, state: Mapping[str, Any]) -> None:
+    """Weights, optimiser (its rates and weight decay too, as switched by an unplug), the schedule the state was
+    stepping (`schedule_for`) at its position, and the RNG states."""
+    setup.model.load_state_dict(state["model"])
+    setup.optimizer.load_state_dict(state["optimizer"])
+    setup.scheduler = schedule_for(setup.optimizer, setup.config, int(state["epoch"]), setup.scheduler)
+    setup.scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    setup.batch_order.set_state(state["batch_order_rng"])
+
+
 def restore(setup: Setup, state: Mapping[str, Any], recorded: Mapping[int, Mapping[str, float]] | None = None) -> None:
     """Continue from a resume state: weights, optimiser, schedule, RNG, history; the detector replays the history.
 
     `recorded`: rows of later epochs already kept (they were logged before the process died); the loop
     retrains those epochs to rebuild the state, but keeps these rows instead of emitting new ones.
     """
-    setup.model.load_state_dict(state["model"])
-    setup.optimizer.load_state_dict(state["optimizer"])
-    setup.scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
-    setup.batch_order.set_state(state["batch_order_rng"])
+    load_training_state(setup, state)
     setup.history = [dict(row) for row in state["history"]]
     for row in setup.history:
         update_detector(setup, row)

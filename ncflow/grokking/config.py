@@ -62,6 +62,27 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def parse_grok_field(name: str, raw: Any) -> Any:
+    """A raw value (a string from `--set` or a sweep definition) as the GrokConfig field's type; ValueError (one
+    line naming the field) for an unknown field or a value of the wrong kind."""
+    kinds = {field.name: type(field.default) for field in fields(GrokConfig)}
+    if name not in kinds:
+        raise ValueError(f"{name}: not a grokking setting; allowed: {', '.join(kinds)}")
+    kind = kinds[name]
+    if isinstance(raw, kind) and not isinstance(raw, bool):
+        return raw
+    text = str(raw).strip()
+    try:
+        if kind is int:
+            number = float(text)
+            if not number.is_integer():
+                raise ValueError(text)
+            return int(number)
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"{name}: expected {'a whole number' if kind is int else 'a number'}, got {raw!r}") from None
+
+
 def build_grok_config(preset: str = "power", **overrides: Any) -> GrokConfig:
     """The preset with `overrides` (None values ignored), validated: ValueError with one line naming the field."""
     if preset not in PRESETS:

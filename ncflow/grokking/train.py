@@ -7,27 +7,37 @@ removed and, when set, the weight decay, a learning-rate factor and a cosine sch
 switched in — each logged (`reg/active`, `lr`, and the params). Every evaluation logs, at step = the optimiser step
 (the run is tagged `ncflow.step_unit = step`), what the monitor measures on the training set and on the validation
 set (as `test/*`), the regulariser's value, and the learning rate; at the end the grokking markers
-(ncflow.grokking.markers) join the summary metrics.
+(ncshared.grokking_markers) join the summary metrics. A run cut off mid-way (a crash, a signal, the machine gone)
+continues from its last evaluation when the same settings are trained again (`train_grokking`, `resume_file`).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from ncflow.collapse.regularisers import regulariser_value
 from ncflow.grokking.config import GrokConfig
-from ncflow.grokking.markers import grokking_markers
 from ncflow.grokking.task import SYMBOLS, ModularTask, modular_task, vocabulary_size
 from ncflow.grokking.transformer import GrokTransformer
-from ncflow.library.monitor import CollapseMonitor
+from ncflow.library.monitor import CollapseMonitor, monitor_params
+from ncflow.library.monitor_run import condition_tag
+from ncflow.record.local_record import record_root
+from ncflow.record.record_lock import WRITE, RecordLock
+from ncshared import schema
+from ncshared.grokking_markers import grokking_markers
 
 EVAL_BATCH = 4096
-REG_ACTIVE, REG_VALUE, LR = "reg/active", "reg/value", "lr"
+REG_ACTIVE, REG_VALUE, LR = schema.REG_ACTIVE, schema.REG_VALUE, schema.LR
 
 
 def arch_name(config: GrokConfig) -> str:
@@ -69,32 +79,109 @@ class StepSchedule:
         return rate
 
 
+def monitor_settings(config: GrokConfig) -> dict[str, Any]:
+    """The CollapseMonitor's settings for a run of `config` (all but the model and the loaders)."""
+    return dict(classifier="unembed", arch=arch_name(config), dataset=dataset_name(config), seed=config.seed,
+                params={k: v for k, v in config.as_params().items() if k not in ("seed", "nc1_threshold")},
+                nc1_threshold=config.nc1_threshold, step_unit="step", passes=2,
+                run_name=f"grok-{SYMBOLS[config.operation]}-p{config.p}-f{config.train_fraction:g}-{config.reg}"
+                         f"{'' if config.reg == 'none' else f'{config.reg_lambda:g}'}"
+                         f"{f'-u{config.unplug_step}' if config.unplug_step else ''}-s{config.seed}")
+
+
+def condition(config: GrokConfig) -> str:
+    """The `ncflow.condition` tag a run of `config` gets (every setting but the seed), known before it trains: how a
+    sweep finds a grokking point's finished run."""
+    settings = monitor_settings(config)
+    return condition_tag(monitor_params(config.p, settings["classifier"], settings["arch"], settings["dataset"],
+                                        config.seed, settings["params"], config.nc1_threshold, None,
+                                        schema.DEFAULT_LEAD, settings["passes"], settings["step_unit"]))
+
+
+def record_folder(config: GrokConfig) -> Path:
+    """Where a run of `config` keeps its resume state (`state.pt`) and its writer's lock while it trains:
+    `grokking/<condition>-s<seed>/` under the run records' folder (NCFLOW_RECORD_DIR, else .ncflow/runs)."""
+    return record_root() / "grokking" / f"{condition(config)}-s{config.seed}"
+
+
+def resume_file(config: GrokConfig) -> Path:
+    return record_folder(config) / "state.pt"
+
+
+def saved_state(config: GrokConfig, client: MlflowClient) -> dict[str, Any] | None:
+    """The resume state of an interrupted run of `config`, or None: none kept, kept for other settings, or its run
+    is gone or finished (then the file is stale and removed)."""
+    path = resume_file(config)
+    if not path.exists():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        status = client.get_run(state["run_id"]).info.status
+    except MlflowException:
+        status = None
+    if state.get("config") != config.as_params() or status in (None, "FINISHED"):
+        path.unlink(missing_ok=True)
+        return None
+    return state
+
+
+def keep_state(config: GrokConfig, state: dict[str, Any]) -> None:
+    """Write the resume state atomically (a crash mid-write leaves the previous one)."""
+    path = resume_file(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
 def train_grokking(config: GrokConfig, tracking_uri: str | None = None, experiment: str = "grokking",
-                   device: str = "cpu", progress: Callable[[int, dict[str, float]], None] | None = None
-                   ) -> CollapseMonitor:
-    """Train one grokking run into MLflow; the finished monitor (run id, detector, history)."""
+                   device: str = "cpu", progress: Callable[[int, dict[str, float]], None] | None = None,
+                   tags: Mapping[str, str] | None = None) -> CollapseMonitor:
+    """Train one grokking run into MLflow; the finished monitor (run id, detector, history). `tags`: more tags for
+    the run (a sweep's trial and parent run).
+
+    Resumable: after each evaluation the weights, optimiser, batch order and position, the run id and the logged
+    rows are kept (`resume_file`); a run of the same settings that finds them continues that MLflow run from that
+    step, as the uninterrupted run would have (same batches, same numbers), and removes them when it finishes."""
     torch_device = torch.device(device)
     task, model = build(config, torch_device)
-    train_x, train_y = task.train_x.to(torch_device), task.train_y.to(torch_device)
-    batch = len(train_y) if config.batch_size == 0 else min(config.batch_size, len(train_y))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
                                   weight_decay=config.weight_decay)
-    schedule = StepSchedule(config)
     monitor = CollapseMonitor(
-        model, config.p, batches(train_x, train_y),
+        model, config.p, batches(task.train_x.to(torch_device), task.train_y.to(torch_device)),
         batches(task.val_x.to(torch_device), task.val_y.to(torch_device)),
-        classifier="unembed", arch=arch_name(config), dataset=dataset_name(config), seed=config.seed,
-        params={k: v for k, v in config.as_params().items() if k not in ("seed", "nc1_threshold")},
-        nc1_threshold=config.nc1_threshold, step_unit="step", tracking_uri=tracking_uri, experiment=experiment,
-        run_name=f"grok-{SYMBOLS[config.operation]}-p{config.p}-f{config.train_fraction:g}-{config.reg}"
-                 f"{'' if config.reg == 'none' else f'{config.reg_lambda:g}'}-s{config.seed}")
+        tracking_uri=tracking_uri, experiment=experiment, tags=tags, **monitor_settings(config))
+    lock = RecordLock(record_folder(config))
+    lock.take(WRITE)  # one writer per run: a second process training these settings gets RecordTaken at once
+    try:
+        train_steps(config, task, model, optimizer, monitor, device, progress)
+    finally:
+        lock.let_go()
+    return monitor
+
+
+def train_steps(config: GrokConfig, task: ModularTask, model: GrokTransformer, optimizer: torch.optim.Optimizer,
+                monitor: CollapseMonitor, device: str,
+                progress: Callable[[int, dict[str, float]], None] | None = None) -> None:
+    """The step loop, from the start or from the kept resume state; the monitor finished at its end."""
+    torch_device = torch.device(device)
+    train_x, train_y = task.train_x.to(torch_device), task.train_y.to(torch_device)
+    batch = len(train_y) if config.batch_size == 0 else min(config.batch_size, len(train_y))
+    schedule = StepSchedule(config)
     generator = torch.Generator(device=torch_device).manual_seed(config.seed)
-    order, cursor = torch.randperm(len(train_y), generator=generator, device=torch_device), 0
+    order, cursor, first = torch.randperm(len(train_y), generator=generator, device=torch_device), 0, 1
+    saved = saved_state(config, monitor.run.client)
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        generator.set_state(saved["generator"])
+        order, cursor, first = saved["order"].to(torch_device), saved["cursor"], saved["step"] + 1
+        monitor.resume(saved["run_id"], saved["history"], saved["angles_at_collapse"])
     loss_sum = torch.zeros((), device=torch_device)
     reg_sum = torch.zeros((), device=torch_device)
-    since = 0
+    since = regularised = 0
     with monitor:
-        for step in range(1, config.steps + 1):
+        for step in range(first, config.steps + 1):
             if cursor + batch > len(train_y):
                 order, cursor = torch.randperm(len(train_y), generator=generator, device=torch_device), 0
             index = order[cursor:cursor + batch]
@@ -114,6 +201,7 @@ def train_grokking(config: GrokConfig, tracking_uri: str | None = None, experime
                                           model.unembed.bias)
                 objective = loss - config.reg_lambda * value
                 reg_sum += value.detach()
+                regularised += 1
             else:
                 objective = loss
             optimizer.zero_grad(set_to_none=True)
@@ -123,13 +211,17 @@ def train_grokking(config: GrokConfig, tracking_uri: str | None = None, experime
             since += 1
             if step % config.eval_every == 0 or step == config.steps:
                 extra = {LR: optimizer.param_groups[0]["lr"], REG_ACTIVE: float(active)}
-                if config.reg != "none":
-                    extra[REG_VALUE] = float(reg_sum) / since
+                if regularised:  # the mean over the window's steps that were regularised
+                    extra[REG_VALUE] = float(reg_sum) / regularised
                 row = monitor.measure(step, train_loss=float(loss_sum) / since, extra=extra)
                 loss_sum.zero_()
                 reg_sum.zero_()
-                since = 0
+                since = regularised = 0
+                keep_state(config, {"config": config.as_params(), "run_id": monitor.run_id, "step": step,
+                                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "generator": generator.get_state(), "order": order.cpu(), "cursor": cursor,
+                                    "history": monitor.history, "angles_at_collapse": monitor.angles_at_collapse})
                 if progress:
                     progress(step, row)
         monitor.run.log_summary(grokking_markers(monitor.history), int(time.time() * 1000))
-    return monitor
+    resume_file(config).unlink(missing_ok=True)

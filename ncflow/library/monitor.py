@@ -19,6 +19,7 @@ logs the summary metrics, `history.csv`, `figures/dynamics.png` and the class-me
 
 The run is the one given by `run_id`, else the active MLflow run, else a new one (`ncflow.library.monitor_run`),
 opened after the first measurement succeeded: bad input is a `MonitorInputError` (or ValueError) before any run.
+`tags` are set on it as it opens (a sweep's trial and parent run, your own labels).
 Unlike engine runs, a monitor keeps no crash-safe local record: its points are in MLflow once `measure` returns
 (sent in the background) and `finish` waits for them.
 """
@@ -73,6 +74,7 @@ class CollapseMonitor:
         experiment: str = DEFAULT_EXPERIMENT,
         tracking_uri: str | None = None,
         run_name: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> None:
         if num_classes < 2:
             raise MonitorInputError(f"num_classes: need at least 2 classes, got {num_classes}")
@@ -98,6 +100,7 @@ class CollapseMonitor:
         name = run_name or "-".join(str(part) for part in (arch, dataset, f"s{seed}" if seed is not None else None)
                                     if part)
         self.run = MonitorRun(tracking_uri, experiment, run_id, name)
+        self.tags = {name: str(value) for name, value in (tags or {}).items()}  # more tags for the run when it opens
         self.history: list[dict[str, float]] = []
         self.angles_at_collapse: list[float] | None = None
         self.finished = False
@@ -137,9 +140,7 @@ class CollapseMonitor:
         row.update({key: float(value) for key, value in (extra or {}).items()})
         row[schema.EPOCH_TIME] = time.perf_counter() - started
         if self.run.run_id is None:
-            self.run.open(self.params, {**code_tags(), **environment(model_device(self.model)),
-                                        schema.TAG_STEP_UNIT: self.step_unit,
-                                        schema.TAG_SOURCE: schema.SOURCE_MONITOR})
+            self._open_run()
         self.history.append(row)
         events = self._detect(step, phase, row)
         views = view_metrics(row[schema.NC1], row[schema.FN], self.detector.threshold)
@@ -150,6 +151,22 @@ class CollapseMonitor:
         if "collapsed" in events and self.num_classes <= MAX_ANGLE_CLASSES:
             self.angles_at_collapse = self._angles()
         return row
+
+    def resume(self, run_id: str, history: Sequence[Mapping[str, float]],
+               angles_at_collapse: list[float] | None = None) -> None:
+        """Continue an interrupted run of this monitor's configuration: the run `run_id` reopened (RUNNING again, its
+        params checked, ended by this monitor's `finish`) and the rows it logged (`history`) replayed through the
+        collapse detector without being logged again; the next `measure` continues after the last of them."""
+        if self.run.run_id is not None or self.history:
+            raise MonitorInputError("resume: only before the first measurement")
+        self.run.requested_run_id = run_id
+        self._open_run()
+        self.run.owned = True
+        self.run.client.update_run(run_id, status="RUNNING")
+        for row in history:
+            self.history.append(dict(row))
+            self._detect(int(row[schema.HISTORY_EPOCH]), int(row.get(schema.PHASE, 1)), row)
+        self.angles_at_collapse = angles_at_collapse
 
     def finish(self, failed: bool = False) -> dict[str, float]:
         """Summary metrics, history, figures and status; ends the run if the monitor created it. Idempotent."""
@@ -185,19 +202,8 @@ class CollapseMonitor:
 
     def _params(self, arch: str, dataset: str, seed: int | None, extra: Mapping[str, Any] | None,
                 nc1_threshold: float, fn_ref: float | None, lead: int) -> dict[str, str]:
-        params = {"arch": arch, "dataset": dataset, "num_classes": self.num_classes,
-                  "nc1_threshold": nc1_threshold, "fn_ref": "none" if fn_ref is None else fn_ref, "lead": lead,
-                  "classifier_module": self.classifier_name, "monitor_passes": self.passes,
-                  "step_unit": self.step_unit}
-        if seed is not None:
-            params["seed"] = seed
-        if self.layers:
-            params["monitor_layers"] = ",".join(self.layers)
-        for name, value in (extra or {}).items():
-            if name in params:
-                raise MonitorInputError(f"params: {name!r} is set by the monitor itself (pass it as an argument)")
-            params[name] = value
-        return {name: str(value) for name, value in params.items()}
+        return monitor_params(self.num_classes, self.classifier_name, arch, dataset, seed, extra, nc1_threshold,
+                              fn_ref, lead, self.passes, self.step_unit, self.layers)
 
     def _measure(self, loader: Iterable[Any], test: bool = False) -> LoaderMeasurement | None:
         """The loader's measurement; for the test loader None when it cannot give collapse metrics (a class with
@@ -232,6 +238,11 @@ class CollapseMonitor:
             return {schema.TEST_ACC: math.nan, **dict.fromkeys(schema.TEST_COLLAPSE_METRICS, math.nan)}
         return {schema.TEST_ACC: measured.accuracy,
                 **{f"test/{name}": measured.metrics[name] for name in schema.TEST_COLLAPSE_NAMES}}
+
+    def _open_run(self) -> None:
+        self.run.open(self.params, {**code_tags(), **environment(model_device(self.model)),
+                                    schema.TAG_STEP_UNIT: self.step_unit, schema.TAG_SOURCE: schema.SOURCE_MONITOR,
+                                    **self.tags})
 
     def _detect(self, step: int, phase: int, row: Mapping[str, float]) -> list[str]:
         if step < 1:
@@ -295,3 +306,23 @@ class CollapseMonitor:
         axes[0].figure.savefig(buffer, format="png")
         plt.close(axes[0].figure)
         return buffer.getvalue()
+
+
+def monitor_params(num_classes: int, classifier: str, arch: str, dataset: str, seed: int | None,
+                   extra: Mapping[str, Any] | None, nc1_threshold: float, fn_ref: float | None, lead: int,
+                   passes: int, step_unit: str, layers: Sequence[str] = ()) -> dict[str, str]:
+    """The params a monitor logs (its own settings, then `extra`), as strings; what its `ncflow.condition` hashes
+    (`ncflow.library.monitor_run.condition_tag`), so a caller can know a run's condition before training it."""
+    params: dict[str, Any] = {"arch": arch, "dataset": dataset, "num_classes": num_classes,
+                              "nc1_threshold": nc1_threshold, "fn_ref": "none" if fn_ref is None else fn_ref,
+                              "lead": lead, "classifier_module": classifier, "monitor_passes": passes,
+                              "step_unit": step_unit}
+    if seed is not None:
+        params["seed"] = seed
+    if layers:
+        params["monitor_layers"] = ",".join(layers)
+    for name, value in (extra or {}).items():
+        if name in params:
+            raise MonitorInputError(f"params: {name!r} is set by the monitor itself (pass it as an argument)")
+        params[name] = value
+    return {name: str(value) for name, value in params.items()}

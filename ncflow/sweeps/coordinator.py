@@ -147,7 +147,7 @@ def worker_command(run: SweepRun, count: int, parent_id: str, experiment_id: str
         tracking_uri=run.tracking_uri,
         experiment_id=experiment_id,
         local=local,
-        threads=max(1, cores // count),
+        threads=int(run.overrides.get("threads") or 0) or max(1, cores // count),  # `--set threads=N`, else a share
         pack=run.pack,
     )
     return [sys.executable, "-m", worker.__name__, json.dumps(asdict(args))]

@@ -19,7 +19,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import yaml
 
 from ncflow.engine.config import PRESETS, ConfigError, build_config, condition_hash, parse_field
-from ncflow.sweeps.trials import PointTask
+from ncflow.grokking.config import PRESETS as GROK_PRESETS
+from ncflow.grokking.config import GrokConfig, build_grok_config, parse_grok_field
+from ncflow.sweeps.trials import TASK_ENGINE, TASK_GROKKING, PointTask
 from ncshared import schema
 from ncshared.run_config import RunConfig, format_value
 
@@ -27,6 +29,9 @@ SEEDS = (0, 1, 2)
 BASE_PRESET = "paper-mnist-mlp"
 MAIN, PHASE1 = "main", "phase1"  # stages: a grid point, or an intervention sweep's Phase-1 source
 MLP5_RELU = {"arch": "mlp", "depth": 5, "activation": "relu"}
+ENGINE, GROKKING = TASK_ENGINE, TASK_GROKKING  # what trains a sweep's points: ncflow's engine, or the grokking loop
+# Where and on what a point trains, not what: no GrokConfig field (a grokking sweep's `--set` takes them as RunConfig's).
+LOCAL_SETTINGS = ("experiment", "tracking_uri", "data_dir", "device", "threads")
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,17 @@ class Sweep:
     preset: str = BASE_PRESET
     seeds: tuple[int, ...] = SEEDS
     chain_phase1: bool = False  # one Phase-1 run per seed; each point starts Phase 2 from it (init_from)
+    task: str = ENGINE  # ENGINE: points are RunConfigs; GROKKING: GrokConfigs (`ncflow.grokking`), preset a GROK_PRESETS key
+    on_data: Sweep | None = None  # a grokking sweep's counterpart trained by the engine when `--dataset` is given
 
+
+# The regulariser sweeps' settings. On the grokking task: 6,000 optimiser steps (an unregularised run generalises
+# by about step 3,000 here), the flatness regulariser unplugged at step 3,000. Through the engine: Han et al.'s SGD
+# (lr 0.01, momentum 0.9, batch 64, no weight decay, constant rate, cross-entropy only), 100 epochs, the flatness
+# regulariser unplugged after epoch 30.
+GROK_REGULARISED = {"operation": "add", "train_fraction": 0.3, "steps": 6000}
+HAN_SGD = {**MLP5_RELU, "dataset": "mnist-5k", "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0,
+           "batch_size": 64, "schedule": "constant", "protocol": "ce-only", "phase1_epochs": 100, "phase2_epochs": 0}
 
 # The paper's experiment grids, and studies beyond it, each under its name in `schema.SWEEP_FAMILIES` (the table the
 # analysis reads the runs' families by). Everything not named here comes from the preset paper-mnist-mlp
@@ -77,6 +92,22 @@ NAMED_SWEEPS: dict[str, Sweep] = {sweep.name: sweep for sweep in (
     # Beyond the paper: class imbalance (step profile: half the classes n_max, half n_max / ρ) and minority collapse.
     Sweep(schema.IMBALANCE_SWEEP, (Block({"imbalance_ratio": (1.0, 10.0, 100.0)}),),
           {**MLP5_RELU, "weight_decay": 1e-4, "imbalance_profile": "step"}),
+    # Han et al.: grokking on modular arithmetic (the `power` preset: p = 97, 20,000 steps), each operation at two
+    # training fractions.
+    Sweep(schema.GROKKING_SWEEP, (Block({"operation": ("add", "subtract", "multiply", "divide"),
+                                         "train_fraction": (0.3, 0.5)}),), preset="power", task=GROKKING),
+    # Han et al.'s regularisers (loss = CE − λ·R), on the grokking task (x + y mod 97, 30 %, 6,000 steps), or with
+    # `--dataset` on that data set through the engine with their SGD setting (an MLP-5 for 100 CE epochs).
+    Sweep(schema.NCC_REGULARISER_SWEEP, (Block({"reg_lambda": (0.0, 1e-4, 1e-3, 1e-2)}),),
+          {"reg": "ncc", **GROK_REGULARISED}, preset="power", task=GROKKING,
+          on_data=Sweep(schema.NCC_REGULARISER_SWEEP, (Block({"reg_lambda": (0.0, 1e-4, 1e-3, 1e-2)}),),
+                        {"reg": "ncc", **HAN_SGD})),
+    Sweep(schema.FLATNESS_REGULARISER_SWEEP,
+          (Block({"reg_lambda": (0.0, 1e-4)}), Block({"reg_lambda": (1e-4,), "unplug_step": (3000,)})),
+          {"reg": "flatness", **GROK_REGULARISED}, preset="power", task=GROKKING,
+          on_data=Sweep(schema.FLATNESS_REGULARISER_SWEEP,
+                        (Block({"reg_lambda": (0.0, 1e-4)}), Block({"reg_lambda": (1e-4,), "unplug_epoch": (30,)})),
+                        {"reg": "flatness", **HAN_SGD})),
 )}
 
 
@@ -97,12 +128,16 @@ class GridPoint:
     stage: str  # MAIN, or PHASE1 for an intervention sweep's Phase-1 runs
     params: tuple[tuple[str, Any], ...]  # the dims that vary here, in the sweep's order
     seed: int
-    config: RunConfig
+    config: RunConfig | GrokConfig  # a GrokConfig in a grokking sweep
     order: tuple[int, ...] = ()  # sort key: block, value positions, seed
     requires: str | None = None  # intervention: the key of the Phase-1 point whose run is init_from
 
     @property
     def condition(self) -> str:
+        if isinstance(self.config, GrokConfig):  # the tag its monitor run gets (the model's settings: torch)
+            from ncflow.grokking.train import condition
+
+            return condition(self.config)
         return condition_hash(self.config)
 
     @property
@@ -117,14 +152,16 @@ class GridPoint:
 
     def task(self, sweep: Sweep) -> PointTask:
         requires = {"study": study_name(sweep, PHASE1), "key": self.requires} if self.requires else None
-        return PointTask(self.key, self.stage, {**dict(self.params), "seed": self.seed}, self.config.as_params(), requires)
+        return PointTask(self.key, self.stage, {**dict(self.params), "seed": self.seed}, self.config.as_params(), requires,
+                         sweep.task)
 
 
 # ---------------------------------------------------------------- the command line's --set and --seeds
 
 
-def parse_settings(items: Iterable[str]) -> dict[str, Any]:
-    """`--set k=v` values (each may hold several `k=v` joined by commas; `none` is nothing), parsed and checked."""
+def parse_settings(items: Iterable[str], task: str = ENGINE) -> dict[str, Any]:
+    """`--set k=v` values (each may hold several `k=v` joined by commas; `none` is nothing), parsed and checked as
+    RunConfig fields, or GrokConfig fields for a grokking sweep's `task`."""
     settings: dict[str, Any] = {}
     for item in items:
         if item.strip().lower() in ("", "none"):
@@ -136,8 +173,27 @@ def parse_settings(items: Iterable[str]) -> dict[str, Any]:
                 raise ConfigError(f"--set: expected key=value, got {pair!r}")
             if name == "seed":
                 raise ConfigError("--set: seed is a sweep dimension; use --seeds 0,1,2")
-            settings[name] = parse_field(name, raw)
+            engine_field = task == ENGINE or name in LOCAL_SETTINGS
+            settings[name] = parse_field(name, raw) if engine_field else grok_field(name, raw)
     return settings
+
+
+def grok_field(name: str, raw: Any) -> Any:
+    """A GrokConfig field's value (`parse_grok_field`), its error as a ConfigError."""
+    try:
+        return parse_grok_field(name, raw)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def for_data(sweep: Sweep, dataset: str | None) -> Sweep:
+    """The sweep that trains on `dataset` (`--dataset`): a grokking sweep's engine counterpart when it has one (a
+    grokking sweep without one refuses a data set); the sweep itself otherwise."""
+    if dataset is None or dataset.strip().lower() == "none" or sweep.task == ENGINE:
+        return sweep
+    if sweep.on_data is None:
+        raise ConfigError(f"dataset: the {sweep.name} sweep trains on modular arithmetic only; drop --dataset")
+    return dataclasses.replace(sweep.on_data, seeds=sweep.seeds)
 
 
 def parse_seeds(raw: str | None, what: str = "--seeds") -> tuple[int, ...] | None:
@@ -251,31 +307,36 @@ def lookup_sweep(name: str | None, spec: str | None) -> Sweep:
 # ---------------------------------------------------------------- grid points
 
 
-def _dim_values(name: str, values: Sequence[Any]) -> tuple[Any, ...]:
+def _dim_values(name: str, values: Sequence[Any], task: str = ENGINE) -> tuple[Any, ...]:
     """Grid values parsed to the field's type, duplicates dropped; a list value as its `300,450` string, so that
     a trial's params stay JSON scalars."""
     if name == "preset":
+        presets = PRESETS if task == ENGINE else GROK_PRESETS
         for value in values:
-            if value not in PRESETS:
-                raise ConfigError(f"preset: unknown preset {value!r}; allowed: {', '.join(PRESETS)}")
+            if value not in presets:
+                raise ConfigError(f"preset: unknown preset {value!r}; allowed: {', '.join(presets)}")
         return tuple(dict.fromkeys(values))
     if name == "seed":
         raise ConfigError("seed: a sweep's seeds are --seeds / seeds, not a grid dim")
-    parsed = [parse_field(name, value) for value in values]
+    parsed = [parse_field(name, value) if task == ENGINE else grok_field(name, value) for value in values]
     return tuple(dict.fromkeys(format_value(v) if isinstance(v, tuple) else v for v in parsed))
 
 
-def _point_config(sweep: Sweep, dims: Mapping[str, Any], overrides: Mapping[str, Any], label: str) -> RunConfig:
+def _point_config(sweep: Sweep, dims: Mapping[str, Any], overrides: Mapping[str, Any],
+                  label: str) -> RunConfig | GrokConfig:
     values = {k: v for k, v in dims.items() if k != "preset"}
     try:
+        if sweep.task == GROKKING:
+            settings = {k: v for k, v in {**sweep.fixed, **values, **overrides}.items() if k not in LOCAL_SETTINGS}
+            return build_grok_config(dims.get("preset", sweep.preset), **settings)
         return build_config(dims.get("preset", sweep.preset), {**sweep.fixed, **values, **overrides})
-    except ConfigError as error:
+    except ValueError as error:  # ConfigError included
         raise ConfigError(f"sweep {sweep.name}, point {label}: {error}") from None
 
 
 def block_points(sweep: Sweep, index: int, block: Block, overrides: Mapping[str, Any]) -> list[GridPoint]:
     """The points of one block in product order; dims the user pinned with --set/--dataset stop varying."""
-    dims = {name: _dim_values(name, values) for name, values in block.dims.items() if name not in overrides}
+    dims = {name: _dim_values(name, values, sweep.task) for name, values in block.dims.items() if name not in overrides}
     top = max(sweep.seeds)
     seeds = tuple(sweep.seeds) + tuple(range(top + 1, top + 1 + block.extra_seeds))
     axes = [list(enumerate(values)) for values in dims.values()] + [list(enumerate(seeds))]

@@ -17,6 +17,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from ncflow.engine.config import PRESETS
+from ncflow.grokking.config import OPERATIONS, GrokConfig
 from ncshared import run_config
 from ncshared.schema import STATUS_COLLAPSED
 
@@ -26,6 +27,8 @@ ATTR_STAGE = "ncflow_stage"  # main | phase1
 ATTR_PARAMS = "ncflow_params"  # the dims that vary and the seed, as values
 ATTR_CONFIG = "ncflow_config"  # every RunConfig field as MLflow logs it
 ATTR_REQUIRES = "ncflow_requires"  # {study, key}: the point whose run this point starts from (init_from)
+ATTR_TASK = "ncflow_task"  # what trains the point: TASK_GROKKING (ncflow.grokking); absent: the engine
+TASK_ENGINE, TASK_GROKKING = "engine", "grokking"
 # The claim (written by the worker that holds it).
 ATTR_OWNER = "ncflow_owner"  # the claiming process: host, boot id, pid, process start time
 ATTR_HEARTBEAT = "ncflow_heartbeat"  # unix time of the owner's last heartbeat
@@ -49,8 +52,11 @@ ENUMERATED_FIELDS: dict[str, tuple[str, ...]] = {
     "protocol": run_config.PROTOCOLS,
     "device": run_config.DEVICES,
     "preset": tuple(PRESETS),
+    "operation": OPERATIONS,
 }
-FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(run_config.RunConfig)}
+# Each field's type: RunConfig's, and a grokking point's GrokConfig fields (typed by their defaults) beside them.
+FIELD_TYPES = {**{f.name: type(f.default).__name__ for f in dataclasses.fields(GrokConfig)},
+               **{f.name: f.type for f in dataclasses.fields(run_config.RunConfig)}}
 
 
 def param_distributions(params: Mapping[str, Any]) -> dict[str, BaseDistribution]:
@@ -81,6 +87,7 @@ class PointTask:
     params: dict[str, Any]  # the varying dims and the seed
     config: dict[str, str]  # RunConfig.as_params()
     requires: dict[str, str] | None = None  # {study, key} of the point whose run becomes init_from
+    task: str = TASK_ENGINE  # TASK_ENGINE (config: a RunConfig's params) or TASK_GROKKING (a GrokConfig's)
 
     @property
     def condition(self) -> str:
@@ -89,16 +96,22 @@ class PointTask:
 
     @property
     def total_epochs(self) -> int:
+        """Epochs; optimiser steps for a grokking point (what its T_NC counts)."""
+        if self.task == TASK_GROKKING:
+            return int(self.config["steps"])
         return int(self.config["phase1_epochs"]) + int(self.config["phase2_epochs"])
 
     def user_attrs(self) -> dict[str, Any]:
         attrs = {ATTR_POINT: self.key, ATTR_STAGE: self.stage, ATTR_PARAMS: self.params, ATTR_CONFIG: self.config}
+        if self.task != TASK_ENGINE:
+            attrs[ATTR_TASK] = self.task
         return {**attrs, ATTR_REQUIRES: self.requires} if self.requires else attrs
 
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any]) -> "PointTask":
         requires = attrs.get(ATTR_REQUIRES)
-        return cls(attrs[ATTR_POINT], attrs[ATTR_STAGE], dict(attrs[ATTR_PARAMS]), dict(attrs[ATTR_CONFIG]), requires)
+        return cls(attrs[ATTR_POINT], attrs[ATTR_STAGE], dict(attrs[ATTR_PARAMS]), dict(attrs[ATTR_CONFIG]), requires,
+                   attrs.get(ATTR_TASK, TASK_ENGINE))
 
 
 def enqueue(study: optuna.Study, task: PointTask) -> None:

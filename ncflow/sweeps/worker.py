@@ -25,6 +25,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from ncflow.engine.config import build_config
+from ncflow.grokking.config import GrokConfig, build_grok_config, parse_grok_field
 from ncflow.record.liveness import Owner
 from ncflow.record.retry import is_database_locked, retried
 from ncflow.record.signals import interruption_reason, termination_as_interrupt
@@ -38,6 +39,7 @@ from ncflow.sweeps.trials import (
     ATTR_REUSED,
     ATTR_RUN_ID,
     ATTR_STATUS,
+    TASK_GROKKING,
     PointTask,
     objective_value,
     param_distributions,
@@ -46,7 +48,7 @@ from ncflow.sweeps.trials import (
 )
 from ncshared.mlflow_env import ADOPTED_RUN_VARIABLE
 from ncshared.run_config import RunConfig
-from ncshared.schema import STATUS_FAILED, TAG_TRIAL
+from ncshared.schema import STATUS_FAILED, TAG_PARENT_RUN, TAG_SWEEP, TAG_TRIAL
 
 WAIT_S = 1.0  # a worker with only points waiting for a prerequisite looks again this often
 
@@ -157,10 +159,32 @@ def config_of(args: WorkerArgs, claim: Claim) -> RunConfig:
     return build_config(None, {**claim.task.config, **args.local, **start})
 
 
+def grok_config_of(claim: Claim) -> GrokConfig:
+    """A grokking point's GrokConfig, from the params its trial carries."""
+    return build_grok_config(**{name: parse_grok_field(name, value) for name, value in claim.task.config.items()})
+
+
+def train_grokking_point(args: WorkerArgs, claim: Claim) -> tuple[dict[str, Any], float]:
+    """Train a grokking point (`ncflow.grokking.train`) as the sweep's child run; its result attrs and value."""
+    from ncflow.engine.run_setup import resolve_device
+    from ncflow.grokking.train import train_grokking
+
+    config = grok_config_of(claim)
+    experiment = MlflowClient(tracking_uri=args.tracking_uri).get_experiment(args.experiment_id).name
+    tags = {TAG_SWEEP: args.sweep, TAG_PARENT_RUN: args.parent_run_id, TAG_TRIAL: trial_tag(claim.study, claim.number)}
+    device = str(resolve_device(args.local.get("device", "auto")))
+    monitor = train_grokking(config, args.tracking_uri, experiment, device, tags=tags)
+    detector = monitor.detector
+    attrs = result_attrs(str(monitor.run_id), detector.status, detector.t_nc, detector.fn_star)
+    return attrs, objective_value(detector.status, detector.t_nc, config.steps)
+
+
 def train_point(args: WorkerArgs, claim: Claim) -> tuple[dict[str, Any], float]:
     """Train the claimed point (retrying a point the SQLite store locked out); its result attrs and value."""
     from ncflow.tracked.train import train
 
+    if claim.task.task == TASK_GROKKING:
+        return train_grokking_point(args, claim)
     config = config_of(args, claim)
     result = retried(
         lambda: train(
@@ -251,7 +275,12 @@ def packable(args: WorkerArgs) -> Callable[[Claim, Claim], bool]:
     """Whether two claimed points can share a pack (`ncflow.engine.pack.pack_key`)."""
     from ncflow.engine.pack import pack_key
 
-    return lambda first, other: pack_key(config_of(args, first)) == pack_key(config_of(args, other))
+    def fits(first: Claim, other: Claim) -> bool:
+        if TASK_GROKKING in (first.task.task, other.task.task):  # a grokking run trains alone
+            return False
+        return pack_key(config_of(args, first)) == pack_key(config_of(args, other))
+
+    return fits
 
 
 def run_worker(args: WorkerArgs) -> int:

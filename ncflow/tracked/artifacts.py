@@ -15,9 +15,10 @@ from ncshared import schema
 from ncshared.run_config import RunConfig
 
 
-def history_csv(rows: Iterable[Mapping[str, float]]) -> bytes:
-    """Every epoch's metrics, columns in `schema.HISTORY_COLUMNS` order."""
-    frame = pd.DataFrame(list(rows), columns=list(schema.HISTORY_COLUMNS))
+def history_csv(rows: Iterable[Mapping[str, float]], extra_columns: Iterable[str] = ()) -> bytes:
+    """Every epoch's metrics, columns in `schema.HISTORY_COLUMNS` order, then `extra_columns` (a regularised run's
+    `reg/value`, `reg/active`)."""
+    frame = pd.DataFrame(list(rows), columns=[*schema.HISTORY_COLUMNS, *extra_columns])
     return frame.to_csv(index=False).encode()
 
 

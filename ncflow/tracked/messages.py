@@ -39,6 +39,26 @@ def phase_line(config: RunConfig) -> str:
     return f"{phase1}Phase 2 (MSE on one-hot targets) {config.phase1_epochs + 1}–{total}"
 
 
+def regulariser_line(config: RunConfig) -> str | None:
+    """`regulariser ncc λ=0.001 until epoch 100; then weight decay 0.0002, lr × 10, cosine to 0`, or None without a
+    regulariser: the loss term (CE or MSE − λ·R) and exactly what its unplug switches."""
+    if config.reg == "none":
+        return None
+    line = f"regulariser {config.reg} λ={config.reg_lambda:g} (loss − λ·R on each batch's penultimate features)"
+    if not config.unplug_epoch:
+        return line + f", every epoch; `{schema.REG_VALUE}`, `{schema.REG_ACTIVE}` each epoch"
+    keep_decay = config.unplug_weight_decay < 0
+    switched = [
+        f"weight decay {config.weight_decay:g} kept" if keep_decay else
+        f"weight decay {config.weight_decay:g} → {config.unplug_weight_decay:g}",
+        f"lr × {config.unplug_lr_factor:g}",
+        f"cosine to 0 over epochs {config.unplug_epoch + 1}–{config.total_epochs}" if config.unplug_schedule == "cosine"
+        else f"the {config.schedule} schedule goes on",
+    ]
+    return (line + f" until epoch {config.unplug_epoch}; then (unplugged) " + ", ".join(switched)
+            + f"; `{schema.REG_VALUE}`, `{schema.REG_ACTIVE}`, `{schema.LR}` each epoch")
+
+
 def figure_markdown(run_id: str) -> str:
     query = urllib.parse.urlencode({"path": schema.DYNAMICS_FIGURE, "run_uuid": run_id})
     return f"![dynamics](get-artifact?{query})"
@@ -85,6 +105,8 @@ def description(
     if not math.isnan(eps):
         headline += f" (collapse: NC1 < ε = {eps:g})"
     lines = [headline, "", f"- {phase_line(config)}"]
+    if (regulariser := regulariser_line(config)) is not None:
+        lines.append(f"- {regulariser}")
     if status == schema.STATUS_DIVERGED:
         lines.append(f"- diverged: {divergence_reason or 'reason not recorded'}. Training stopped there: the run is "
                      "complete as it is, and the analysis excludes it as diverged (and counts it)")

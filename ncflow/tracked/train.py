@@ -79,7 +79,8 @@ def record_results(setup: Setup, record: RunRecord, sink: RecordSink,
     if detector.diverged and detector.divergence_reason:
         tags[schema.TAG_DIVERGENCE_REASON] = detector.divergence_reason
     record.tags(tags)
-    record.artifact_bytes(schema.HISTORY_FILE, artifacts.history_csv(setup.history))
+    record.artifact_bytes(schema.HISTORY_FILE, artifacts.history_csv(
+        setup.history, optional_metrics.regulariser_names(setup.config)))
     record.artifact_bytes(schema.CONFIG_FILE, artifacts.config_json(setup.config))
     if setup.config.log_model:  # the final network as the run's MLflow model (runs:/RUN_ID/model)
         logged_model.keep(record, setup.config, setup.model, setup.data.train_x, detector.last_epoch)
