@@ -8,7 +8,8 @@ Which runs. Only FINISHED runs not tagged failed. A *grokking* run counts optimi
   `unplug_epoch`, `unplug_weight_decay`, `unplug_lr_factor`, `unplug_schedule`) and those that do not change what is
   trained (`schema.NON_CONDITION_PARAMS`); only runs of one setting are compared;
 - an *arm* of a setting is (reg, λ, unplug): λ = 0 or reg none is the unregularised arm, and a run logged before the
-  regulariser params existed is unregularised.
+  regulariser params existed is unregularised. An arm counts one run per seed (the earliest): the NCC and the
+  flatness sweeps' λ = 0 points train the same unregularised network, which is one seed, not two.
 
 What a run's history gives (x = the optimiser step of a grokking run, the epoch of an engine run):
 - *final* value of a metric: the mean over the last FINAL_SHARE = 10 % of its evaluations (at least one). Grokking
@@ -201,13 +202,18 @@ def han_runs(runs: pd.DataFrame, histories: pd.DataFrame | Mapping[str, pd.DataF
     used = used.sort_values([c for c in ("seed", "start_time") if c in used.columns]).set_index("run_id", drop=False)
     shared = [name for name in param_columns(used) if name not in NOT_SETTING]
     settings: dict[tuple, Setting] = {}
+    seeds_taken: set[tuple] = set()
     for run_id, row in used.iterrows():
         params = {name: row[name] for name in shared if pd.notna(row[name])}
         unit = str(_value(row, "step_unit", "epoch"))
         task = str(_value(row, "dataset", "?"))
         key = (task, unit, tuple(sorted((name, repr(value)) for name, value in params.items())))
+        arm, seed = arm_of(row), str(_value(row, "seed", run_id))
+        if (key, arm, seed) in seeds_taken:  # one run per seed and arm: the NCC and the flatness sweep's λ = 0
+            continue                         # points train the same unregularised network; the earlier one counts
+        seeds_taken.add((key, arm, seed))
         setting = settings.setdefault(key, Setting(task, unit, params))
-        setting.arms.setdefault(arm_of(row), []).append(str(run_id))
+        setting.arms.setdefault(arm, []).append(str(run_id))
     ordered = sorted(settings.values(), key=lambda s: (not s.grokking, s.task, -sum(map(len, s.arms.values()))))
     return HanRuns(used, histories_by_run(histories), ordered)
 

@@ -10,7 +10,7 @@ Reported:
 - steps/s of each, from the time between two evaluations minus that evaluation's own time (the monitor's
   `time/epoch_s`), so run setup and MLflow's start and end are not counted; ncflow / reference (goal ≥ 1×, within
   noise);
-- one evaluation's time (the monitor's two passes over the 2,822 training and 6,587 validation equations, every
+- one evaluation's time (the monitor's two passes over the 2,823 training and 6,586 validation equations, every
   metric, one MLflow batch) against the `eval_every` steps of training it follows (goal ≤ 10 %);
 - with `--store URI`: the wall time of each finished default run in that store (start to end), with its machine and
   thread count — the wall time of a default grokking run as it ran.

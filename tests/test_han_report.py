@@ -204,3 +204,14 @@ def test_write_report_lists_files(han_store, tmp_path):
     paths = write_han_report(found, tmp_path / "out")
     assert [p.name for p in paths][-1] == "claims.md"
     assert Path(tmp_path / "out" / "han_r1_mnist-5k.png").exists()
+
+
+def test_an_arm_counts_one_run_per_seed():
+    """The NCC and the flatness sweeps' λ = 0 points train the same unregularised network: one seed, one run."""
+    base = {"mlflow_status": "FINISHED", "status": schema.STATUS_NOT_COLLAPSED, "dataset": "mnist-5k", "lr": 0.01}
+    runs = pd.DataFrame([{**base, "run_id": "ncc-0", "seed": 0, "start_time": 1, "reg": "ncc", "reg_lambda": 0.0},
+                         {**base, "run_id": "flat-0", "seed": 0, "start_time": 2, "reg": "flatness", "reg_lambda": 0.0},
+                         {**base, "run_id": "none-1", "seed": 1, "start_time": 3, "reg": "none", "reg_lambda": 0.0},
+                         {**base, "run_id": "ncc-1", "seed": 1, "start_time": 4, "reg": "ncc", "reg_lambda": 1e-3}])
+    (setting,) = han.han_runs(runs, {}).settings
+    assert setting.arms == {han.UNREGULARISED: ["ncc-0", "none-1"], han.Arm("ncc", 1e-3, 0): ["ncc-1"]}
