@@ -93,6 +93,7 @@ class Arm:
     reg: str = "none"
     reg_lambda: float = 0.0
     unplug: int = 0  # 0: never
+    switches: str = ""  # what else the unplug switches (`weight decay 0.0002, lr × 10, cosine`); "": nothing
 
     @property
     def regularised(self) -> bool:
@@ -102,7 +103,8 @@ class Arm:
         if not self.regularised:
             return "unregularised"
         unplug = f", unplug at {unit} {self.unplug}" if self.unplug else ""
-        return f"{self.reg} λ = {self.reg_lambda:g}{unplug}"
+        switches = f" ({self.switches})" if self.switches else ""
+        return f"{self.reg} λ = {self.reg_lambda:g}{unplug}{switches}"
 
 
 UNREGULARISED = Arm()
@@ -186,7 +188,15 @@ def arm_of(row: Mapping[str, object]) -> Arm:
     unplug = int(float(_value(row, "unplug_step", _value(row, "unplug_epoch", 0))))  # type: ignore[arg-type]
     if reg == "none" or reg_lambda == 0:
         return UNREGULARISED
-    return Arm(reg, reg_lambda, unplug)
+    switches = []
+    if unplug:
+        decay = float(_value(row, "unplug_weight_decay", -1.0))  # type: ignore[arg-type]
+        factor = float(_value(row, "unplug_lr_factor", 1.0))  # type: ignore[arg-type]
+        schedule = str(_value(row, "unplug_schedule", "none"))
+        switches += [f"weight decay {decay:g}"] if decay >= 0 else []
+        switches += [f"lr × {factor:g}"] if factor != 1.0 else []
+        switches += [schedule] if schedule not in ("none", "") else []
+    return Arm(reg, reg_lambda, unplug, ", ".join(switches))
 
 
 def param_columns(runs: pd.DataFrame) -> list[str]:
@@ -331,8 +341,10 @@ def _marker_claim(name: str, han: HanRuns, setting: Setting, passes: Callable[[s
 def claim_ncc_before(han: HanRuns, setting: Setting) -> HanClaim:
     def passes(run: str) -> tuple[bool, str]:
         drop, generalised = han.marker(run, "NCC drop"), han.marker(run, "generalised")
-        if math.isnan(drop):
+        if math.isnan(han.marker(run, "memorised")):  # no memorisation phase to fall in: not judged
             return False, ""
+        if math.isnan(drop):  # a counterexample, not a missing run
+            return False, f"NCC never fell to half its level at memorisation (generalised {generalised:.0f})"
         return drop < generalised, f"NCC drop {drop:.0f} vs generalised {generalised:.0f}"
 
     return _marker_claim("C1", han, setting, passes)
@@ -343,8 +355,10 @@ def claim_flatness_with_rise(han: HanRuns, setting: Setting) -> HanClaim:
         memorised, generalised = han.marker(run, "memorised"), han.marker(run, "generalised")
         drop = han.marker(run, "flatness drop")
         rise = rise_step(han.history(run), memorised) if not math.isnan(memorised) else math.nan
-        if math.isnan(drop) or math.isnan(rise):
+        if math.isnan(rise):  # memorised at an accuracy that leaves no 10-point rise to see: not judged
             return False, ""
+        if math.isnan(drop):  # a counterexample, not a missing run
+            return False, f"flatness never fell to half its level at memorisation (rise {rise:.0f})"
         latest = generalised + SLACK * (generalised - memorised)
         return rise <= drop <= latest, f"drop {drop:.0f}, window [{rise:.0f}, {latest:.0f}]"
 

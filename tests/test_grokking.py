@@ -12,7 +12,7 @@ from ncflow.collapse.metrics import collapse_metrics
 from ncflow.collapse.regularisers import flatness_regulariser, ncc_regulariser
 from ncflow.grokking.config import GrokConfig, build_grok_config
 from ncflow.grokking.task import modular_task, vocabulary_size
-from ncflow.grokking.train import StepSchedule, record_folder, resume_file, train_grokking
+from ncflow.grokking.train import RESUME_FILE, StepSchedule, record_folder, train_grokking
 from ncflow.grokking.transformer import GrokTransformer
 from ncflow.record.record_lock import RecordLock, RecordTaken
 from ncshared import schema
@@ -96,6 +96,8 @@ def test_markers_read_the_measurements():
     (["--reg", "ncc", "--reg-lambda", "-1"], "reg_lambda: expected a number ≥ 0"),
     (["--reg", "ncc", "--unplug-step", "300", "--steps", "300"], "unplug_step: expected 0 (never) or a step before"),
     (["--heads", "3"], "heads: expected a divisor of d_model=128"),
+    (["--reg", "flatness", "--reg-lambda", "0.1", "--unplug-lr-factor", "10"],
+     "unplug_weight_decay/unplug_lr_factor/unplug_schedule: need an unplug (--unplug-step)"),
 ])
 def test_bad_values_are_one_line_before_any_run(cli_store, arguments, message):
     result = CliRunner().invoke(ncflow_main, ["grok", *arguments])
@@ -139,9 +141,10 @@ def test_a_grokking_run_cut_off_mid_way_resumes_its_run_as_if_uninterrupted(cli_
             raise Interrupt
     with pytest.raises(Interrupt):
         train_grokking(config, cli_store, "cut", progress=cut_at_20)
-    assert resume_file(config).exists()
+    kept = record_folder(config, cli_store, "cut") / RESUME_FILE
+    assert kept.exists() and record_folder(config, cli_store, "whole") != kept.parent  # per store and experiment
     with pytest.raises(RecordTaken):  # a second writer of the same run is refused while one holds it
-        held = RecordLock(record_folder(config))
+        held = RecordLock(kept.parent)
         held.take("write")
         try:
             train_grokking(config, cli_store, "cut")
@@ -158,6 +161,6 @@ def test_a_grokking_run_cut_off_mid_way_resumes_its_run_as_if_uninterrupted(cli_
     assert [step for step, _ in expected[schema.NCC]] == [10, 20, 30, 40]
     untimed = [[{k: v for k, v in row.items() if k != schema.EPOCH_TIME} for row in run.history] for run in (resumed, whole)]
     assert untimed[0] == untimed[1]  # the monitor's rows too: the kept ones replayed, the rest measured again
-    assert not resume_file(config).exists()
+    assert not kept.exists()
     assert cut_runs[0].data.metrics.get("grokking/step_memorised") == client.get_run(
         whole.run_id).data.metrics.get("grokking/step_memorised")

@@ -215,3 +215,21 @@ def test_an_arm_counts_one_run_per_seed():
                          {**base, "run_id": "ncc-1", "seed": 1, "start_time": 4, "reg": "ncc", "reg_lambda": 1e-3}])
     (setting,) = han.han_runs(runs, {}).settings
     assert setting.arms == {han.UNREGULARISED: ["ncc-0", "none-1"], han.Arm("ncc", 1e-3, 0): ["ncc-1"]}
+
+
+def test_a_run_whose_ncc_never_falls_is_a_counterexample_not_a_missing_run():
+    base = {"mlflow_status": "FINISHED", "status": schema.STATUS_NOT_COLLAPSED, "dataset": "add-mod7-f0.5",
+            "step_unit": "step", "steps": 2000}
+    runs = pd.DataFrame([{**base, "run_id": f"r{seed}", "seed": seed, "start_time": seed} for seed in range(3)])
+    steps = pd.Index(GROK_STEPS, name=schema.HISTORY_EPOCH)
+
+    def history(ncc_falls: bool) -> pd.DataFrame:
+        return pd.DataFrame({schema.TRAIN_ACC: np.where(GROK_STEPS >= 200, 1.0, 0.5),
+                             schema.TEST_ACC: np.where(GROK_STEPS >= 1000, 1.0, 0.05),
+                             schema.NCC: np.where((GROK_STEPS >= 500) & ncc_falls, 10.0, 100.0),
+                             schema.FLATNESS: np.full(GROK_STEPS.size, 5.0)}, index=steps)
+
+    grouped = han.han_runs(runs, {"r0": history(True), "r1": history(True), "r2": history(False)})
+    claim = han.claim_ncc_before(grouped, grouped.settings[0])
+    assert claim.verdict == han.FAILS and claim.numbers.startswith("2/3 pass")
+    assert "NCC never fell to half its level at memorisation (generalised 1000)" in claim.numbers

@@ -124,7 +124,11 @@ def check(config: GrokConfig) -> None:
         (config.unplug_step == 0 or config.reg != "none", "unplug_step", "needs a regulariser to unplug (--reg)"),
         (config.unplug_weight_decay == -1.0 or config.unplug_weight_decay >= 0, "unplug_weight_decay",
          "expected a number ≥ 0, or −1 to keep the weight decay"),
-        (config.unplug_lr_factor > 0, "unplug_lr_factor", "expected a number > 0"),
+        (math.isfinite(config.unplug_lr_factor) and config.unplug_lr_factor > 0, "unplug_lr_factor",
+         "expected a finite number > 0"),
+        (config.unplug_step > 0 or (config.unplug_weight_decay == -1.0 and config.unplug_lr_factor == 1.0
+                                    and config.unplug_schedule == "none"),
+         "unplug_weight_decay/unplug_lr_factor/unplug_schedule", "need an unplug (--unplug-step)"),
         (config.unplug_schedule in SCHEDULES, "unplug_schedule", f"expected one of {', '.join(SCHEDULES)}"),
         (0.0 < config.nc1_threshold < 1.0, "nc1_threshold", "expected a number in (0, 1)"),
     ]

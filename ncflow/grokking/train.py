@@ -8,11 +8,13 @@ switched in — each logged (`reg/active`, `lr`, and the params). Every evaluati
 (the run is tagged `ncflow.step_unit = step`), what the monitor measures on the training set and on the validation
 set (as `test/*`), the regulariser's value, and the learning rate; at the end the grokking markers
 (ncshared.grokking_markers) join the summary metrics. A run cut off mid-way (a crash, a signal, the machine gone)
-continues from its last evaluation when the same settings are trained again (`train_grokking`, `resume_file`).
+continues from its last evaluation when the same settings are trained again into the same store and experiment
+(`train_grokking`, `record_folder`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import time
@@ -20,6 +22,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import torch
 import torch.nn.functional as F
 from mlflow import MlflowClient
@@ -33,10 +36,12 @@ from ncflow.library.monitor import CollapseMonitor, monitor_params
 from ncflow.library.monitor_run import condition_tag
 from ncflow.record.local_record import record_root
 from ncflow.record.record_lock import WRITE, RecordLock
+from ncflow.record.retry import is_database_locked, retried
 from ncshared import schema
 from ncshared.grokking_markers import grokking_markers
 
 EVAL_BATCH = 4096
+RESUME_FILE = "state.pt"  # in `record_folder`: a run's resume state while it trains
 REG_ACTIVE, REG_VALUE, LR = schema.REG_ACTIVE, schema.REG_VALUE, schema.LR
 
 
@@ -98,36 +103,41 @@ def condition(config: GrokConfig) -> str:
                                         schema.DEFAULT_LEAD, settings["passes"], settings["step_unit"]))
 
 
-def record_folder(config: GrokConfig) -> Path:
-    """Where a run of `config` keeps its resume state (`state.pt`) and its writer's lock while it trains:
-    `grokking/<condition>-s<seed>/` under the run records' folder (NCFLOW_RECORD_DIR, else .ncflow/runs)."""
-    return record_root() / "grokking" / f"{condition(config)}-s{config.seed}"
+def record_folder(config: GrokConfig, tracking_uri: str, experiment: str) -> Path:
+    """Where a run of `config` in this store and experiment keeps its resume state (`state.pt`) and its writer's lock
+    while it trains: `grokking/<condition>-s<seed>-<store and experiment hash>/` under the run records' folder
+    (NCFLOW_RECORD_DIR, else .ncflow/runs). The store and experiment are part of it, so a run is only ever continued
+    where it was logged (`ncflow grok` and `ncflow sweep grokking` of the same settings are two runs)."""
+    where = hashlib.sha256(f"{tracking_uri}\n{experiment}".encode()).hexdigest()[:8]
+    return record_root() / "grokking" / f"{condition(config)}-s{config.seed}-{where}"
 
 
-def resume_file(config: GrokConfig) -> Path:
-    return record_folder(config) / "state.pt"
-
-
-def saved_state(config: GrokConfig, client: MlflowClient) -> dict[str, Any] | None:
-    """The resume state of an interrupted run of `config`, or None: none kept, kept for other settings, or its run
-    is gone or finished (then the file is stale and removed)."""
-    path = resume_file(config)
+def saved_state(folder: Path, config: GrokConfig, client: MlflowClient) -> dict[str, Any] | None:
+    """The resume state of an interrupted run of `config`, or None: none kept, or its run is finished or deleted
+    (then the file is stale and removed). A store that cannot answer now raises: the state is kept for a retry."""
+    path = folder / RESUME_FILE
     if not path.exists():
         return None
     state = torch.load(path, map_location="cpu", weights_only=False)
     try:
-        status = client.get_run(state["run_id"]).info.status
-    except MlflowException:
-        status = None
-    if state.get("config") != config.as_params() or status in (None, "FINISHED"):
+        run = retried(lambda: client.get_run(state["run_id"]), when=is_database_locked, delays=(1.0, 2.0, 4.0),
+                      attempts=4)
+        gone = run.info.status == "FINISHED" or run.info.lifecycle_stage == "deleted"
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        gone = True
+    if gone or state.get("config") != config.as_params():
         path.unlink(missing_ok=True)
         return None
     return state
 
 
-def keep_state(config: GrokConfig, state: dict[str, Any]) -> None:
-    """Write the resume state atomically (a crash mid-write leaves the previous one)."""
-    path = resume_file(config)
+def keep_state(folder: Path, state: dict[str, Any]) -> None:
+    """Write the resume state atomically (a crash mid-write leaves the previous one), once MLflow holds every row it
+    says was logged (the monitor sends them in the background)."""
+    mlflow.flush_async_logging()
+    path = folder / RESUME_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     torch.save(state, partial)
@@ -141,7 +151,7 @@ def train_grokking(config: GrokConfig, tracking_uri: str | None = None, experime
     the run (a sweep's trial and parent run).
 
     Resumable: after each evaluation the weights, optimiser, batch order and position, the run id and the logged
-    rows are kept (`resume_file`); a run of the same settings that finds them continues that MLflow run from that
+    rows are kept (`record_folder`); a run of the same settings that finds them continues that MLflow run from that
     step, as the uninterrupted run would have (same batches, same numbers), and removes them when it finishes."""
     torch_device = torch.device(device)
     task, model = build(config, torch_device)
@@ -151,26 +161,27 @@ def train_grokking(config: GrokConfig, tracking_uri: str | None = None, experime
         model, config.p, batches(task.train_x.to(torch_device), task.train_y.to(torch_device)),
         batches(task.val_x.to(torch_device), task.val_y.to(torch_device)),
         tracking_uri=tracking_uri, experiment=experiment, tags=tags, **monitor_settings(config))
-    lock = RecordLock(record_folder(config))
+    folder = record_folder(config, monitor.run.tracking_uri, experiment)
+    lock = RecordLock(folder)
     lock.take(WRITE)  # one writer per run: a second process training these settings gets RecordTaken at once
     try:
-        train_steps(config, task, model, optimizer, monitor, device, progress)
+        train_steps(config, task, model, optimizer, monitor, folder, device, progress)
     finally:
         lock.let_go()
     return monitor
 
 
 def train_steps(config: GrokConfig, task: ModularTask, model: GrokTransformer, optimizer: torch.optim.Optimizer,
-                monitor: CollapseMonitor, device: str,
+                monitor: CollapseMonitor, folder: Path, device: str,
                 progress: Callable[[int, dict[str, float]], None] | None = None) -> None:
-    """The step loop, from the start or from the kept resume state; the monitor finished at its end."""
+    """The step loop, from the start or from the resume state kept in `folder`; the monitor finished at its end."""
     torch_device = torch.device(device)
     train_x, train_y = task.train_x.to(torch_device), task.train_y.to(torch_device)
     batch = len(train_y) if config.batch_size == 0 else min(config.batch_size, len(train_y))
     schedule = StepSchedule(config)
     generator = torch.Generator(device=torch_device).manual_seed(config.seed)
     order, cursor, first = torch.randperm(len(train_y), generator=generator, device=torch_device), 0, 1
-    saved = saved_state(config, monitor.run.client)
+    saved = saved_state(folder, config, monitor.run.client)
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -217,11 +228,11 @@ def train_steps(config: GrokConfig, task: ModularTask, model: GrokTransformer, o
                 loss_sum.zero_()
                 reg_sum.zero_()
                 since = regularised = 0
-                keep_state(config, {"config": config.as_params(), "run_id": monitor.run_id, "step": step,
+                keep_state(folder, {"config": config.as_params(), "run_id": monitor.run_id, "step": step,
                                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                     "generator": generator.get_state(), "order": order.cpu(), "cursor": cursor,
                                     "history": monitor.history, "angles_at_collapse": monitor.angles_at_collapse})
                 if progress:
                     progress(step, row)
         monitor.run.log_summary(grokking_markers(monitor.history), int(time.time() * 1000))
-    resume_file(config).unlink(missing_ok=True)
+    (folder / RESUME_FILE).unlink(missing_ok=True)

@@ -163,6 +163,7 @@ class CollapseMonitor:
         self._open_run()
         self.run.owned = True
         self.run.client.update_run(run_id, status="RUNNING")
+        self.run.set_tags({schema.TAG_STATUS: schema.STATUS_RUNNING, schema.TAG_FAIL_REASON: ""})
         for row in history:
             self.history.append(dict(row))
             self._detect(int(row[schema.HISTORY_EPOCH]), int(row.get(schema.PHASE, 1)), row)
