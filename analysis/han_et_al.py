@@ -131,7 +131,8 @@ class Setting:
         if not self.grokking:
             model = self.params.get("arch", "")
             return f"{self.task} ({model})" if model else self.task
-        return self.task
+        steps = self.params.get("steps")
+        return f"{self.task}, {int(float(steps)):,} steps" if steps is not None else self.task  # type: ignore[arg-type]
 
 
 @dataclass

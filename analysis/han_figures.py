@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from analysis.figures import save_figure
 from analysis.han_et_al import (
@@ -94,6 +95,7 @@ def figure_grokking(han: HanRuns, setting: Setting) -> Figure:
     for ax, title, ylabel in ((acc, "(a) Accuracy", "accuracy"), (ncc, "(b) NCC", "NCC (log)"),
                               (flat, "(c) Relative flatness", "flatness κ (log)")):
         ax.set(title=title, xlabel=AXIS_LABEL[setting.unit], ylabel=ylabel, xscale="log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # a short log range would label every minor tick, overlapping
         if ax is not acc:
             ax.set_yscale("log")
     acc.legend(fontsize="small", loc="center right")
