@@ -118,14 +118,14 @@ def test_grouping_claims_and_numbers(han_store, tmp_path):
     assert len(mnist[0].arms[han.UNREGULARISED]) == 2  # λ = 0 runs are the unregularised arm
 
     by = rows(han.evaluate(found))
-    assert by["C1", "add-mod7-f0.5"].verdict == han.HOLDS
-    assert by["C1", "add-mod7-f0.5"].numbers.startswith("3/3 pass; NCC drop 300 vs generalised 1000")
-    assert by["C2", "add-mod7-f0.5"].verdict == han.HOLDS
-    assert "drop 900, window [800, 1200]" in by["C2", "add-mod7-f0.5"].numbers  # 1000 + 25 % of the 800-step delay
-    assert by["C1", "add-mod7-f0.3"].verdict == han.HOLDS
-    assert by["C2", "add-mod7-f0.3"].verdict == han.FAILS
-    assert by["C2", "add-mod7-f0.3"].numbers.startswith("0/3 pass; drop 300, window [800, 1200]")
-    assert by["C1", "sub-mod7-f0.5"].verdict == han.TOO_FEW and "3 needed" in by["C1", "sub-mod7-f0.5"].numbers
+    assert by["C1", "add-mod7-f0.5, 2,000 steps"].verdict == han.HOLDS
+    assert by["C1", "add-mod7-f0.5, 2,000 steps"].numbers.startswith("3/3 pass; NCC drop 300 vs generalised 1000")
+    assert by["C2", "add-mod7-f0.5, 2,000 steps"].verdict == han.HOLDS
+    assert "drop 900, window [800, 1200]" in by["C2", "add-mod7-f0.5, 2,000 steps"].numbers  # 1000 + 25 % of the 800-step delay
+    assert by["C1", "add-mod7-f0.3, 2,000 steps"].verdict == han.HOLDS
+    assert by["C2", "add-mod7-f0.3, 2,000 steps"].verdict == han.FAILS
+    assert by["C2", "add-mod7-f0.3, 2,000 steps"].numbers.startswith("0/3 pass; drop 300, window [800, 1200]")
+    assert by["C1", "sub-mod7-f0.5, 2,000 steps"].verdict == han.TOO_FEW and "3 needed" in by["C1", "sub-mod7-f0.5, 2,000 steps"].numbers
 
     ncc_ok, ncc_bad = by["C3", "mnist-5k (mlp), ncc λ = 0.001"], by["C3", "mnist-5k (mlp), ncc λ = 0.01"]
     assert ncc_ok.verdict == han.HOLDS and ncc_ok.n == "2 vs 2"
@@ -159,7 +159,7 @@ def test_missing_runs_read_not_enough(mlflow_store, tmp_path):
     experiment = mlflow_store.experiment("grokking")
     grokking_run(mlflow_store.client, experiment, "add-mod7-f0.5", 0, flatness_drop=900)
     by = rows(han.evaluate(han.read_han(mlflow_store.uri, "grokking", cache_dir=tmp_path / "cache")))
-    assert by["C1", "add-mod7-f0.5"].numbers.startswith("1 finished unregularised run(s), 1 generalised")
+    assert by["C1", "add-mod7-f0.5, 2,000 steps"].numbers.startswith("1 finished unregularised run(s), 1 generalised")
     assert {claim.verdict for claim in by.values()} == {han.TOO_FEW}
     assert by["C3", "mnist-5k"].numbers == "no finished run with reg = ncc, λ > 0"
     assert by["C4 jump", "add-mod7-f0.5"].numbers == "no finished flatness run with an unplug"
@@ -186,7 +186,7 @@ def test_cli_end_to_end(han_store, tmp_path):
                                        "--cache-dir", str(tmp_path / "cache"), "--figure-format", "png"])
     assert result.exit_code == 0, result.output
     claims = (out / "claims.md").read_text()
-    assert "| C2 | flatness falls when validation accuracy rises, not before | add-mod7-f0.3 |" in claims
+    assert "| C2 | flatness falls when validation accuracy rises, not before | add-mod7-f0.3, 2,000 steps |" in claims
     assert "![han_r2_mnist-5k](han_r2_mnist-5k.png)" in claims
     assert (out / "han_g1_add-mod7-f0.5.png").stat().st_size > 10_000
 
