@@ -58,10 +58,12 @@ def test_the_grokking_sweep_varies_operation_and_fraction_over_three_seeds():
 def test_the_regulariser_sweeps_on_grokking_and_through_the_engine_with_a_data_set():
     ncc = resolve_points(NAMED_SWEEPS["ncc-regularizer"], {})
     assert [p.config.reg_lambda for p in ncc if p.seed == 0] == [0.0, 1e-4, 1e-3, 1e-2]
-    assert {p.config.reg for p in ncc} == {"ncc"} and {p.config.steps for p in ncc} == {6000}
+    assert [p.config.reg for p in ncc if p.seed == 0] == ["none", "ncc", "ncc", "ncc"]
+    assert {p.config.steps for p in ncc} == {6000}
     flat = resolve_points(NAMED_SWEEPS["flatness-regularizer"], {})
     assert [(p.config.reg_lambda, p.config.unplug_step) for p in flat if p.seed == 0] == [
         (0.0, 0), (1e-4, 0), (1e-4, 3000)]
+    assert flat[0].key == ncc[0].key  # one unregularised control for both sweeps: the second reuses its runs
     engine = resolve_points(for_data(NAMED_SWEEPS["flatness-regularizer"], "mnist-5k"), {"dataset": "mnist-5k"})
     assert all(isinstance(p.config, RunConfig) for p in engine)
     assert [(p.config.reg_lambda, p.config.unplug_epoch) for p in engine if p.seed == 0] == [
@@ -91,26 +93,33 @@ def test_bad_grokking_sweep_input_is_one_line_before_any_run(store: LocalStore, 
 
 
 def test_a_grokking_sweep_trains_each_point_once_as_child_runs_and_a_rerun_reuses_them(store: LocalStore):
-    args = ("ncc-regularizer", "--set", f"{TINY},reg_lambda=0.01", "--seeds", "0,1")
-    assert "2 points: 2 done" in invoke(store, *args)
+    args = ("ncc-regularizer", "--set", TINY, "--seeds", "0")
+    assert "4 points: 4 done" in invoke(store, *args)
     (parent,) = runs_of(store, "sweep")
     children = runs_of(store)
-    assert len(children) == 2 and {run.info.status for run in children} == {"FINISHED"}
+    assert len(children) == 4 and {run.info.status for run in children} == {"FINISHED"}
+    by_lambda = {run.data.params["reg_lambda"]: run for run in children}
+    assert sorted(by_lambda) == ["0.0", "0.0001", "0.001", "0.01"]
     for run in children:
         tags, params = run.data.tags, run.data.params
         assert tags[TAG_SWEEP] == "ncc-regularizer" and tags[TAG_PARENT_RUN] == parent.info.run_id
         assert tags[TAG_TRIAL].startswith("ncflow-ncc-regularizer#") and tags[TAG_STEP_UNIT] == "step"
-        assert (params["reg"], params["reg_lambda"], params["steps"]) == ("ncc", "0.01", "20")
-        assert tags[TAG_CONDITION] == condition(build_grok_config(
-            p=13, layers=1, d_model=16, heads=2, mlp_width=32, steps=20, eval_every=10, reg="ncc", reg_lambda=0.01,
-            operation="add", train_fraction=0.3))
-        history = store.client.get_metric_history(run.info.run_id, "reg/value")
-        assert [point.step for point in history] == [10, 20] and all(point.value > 0 for point in history)
+        assert params["steps"] == "20" and params["reg"] == ("none" if params["reg_lambda"] == "0.0" else "ncc")
+    regularised = by_lambda["0.01"]
+    assert regularised.data.tags[TAG_CONDITION] == condition(build_grok_config(
+        p=13, layers=1, d_model=16, heads=2, mlp_width=32, steps=20, eval_every=10, reg="ncc", reg_lambda=0.01,
+        operation="add", train_fraction=0.3))
+    history = store.client.get_metric_history(regularised.info.run_id, "reg/value")
+    assert [point.step for point in history] == [10, 20] and all(point.value > 0 for point in history)
+    assert not store.client.get_metric_history(by_lambda["0.0"].info.run_id, "reg/value")  # the control
     study = optuna.load_study(study_name="ncflow-ncc-regularizer", storage=open_storage(storage_url(None)))
     trials = study.get_trials()
     assert {t.user_attrs[ATTR_TASK] for t in trials} == {TASK_GROKKING}
     assert {t.user_attrs[ATTR_RUN_ID] for t in trials} == {run.info.run_id for run in children}
     assert {t.value for t in trials} <= {21.0} | set(range(1, 21))  # T_NC in steps, or steps + 1 when censored
 
-    assert "2 points: 2 done" in invoke(store, *args)  # nothing trains twice
-    assert Counter(run.data.params["seed"] for run in runs_of(store)) == {"0": 1, "1": 1}
+    assert "4 points: 4 done" in invoke(store, *args)  # nothing trains twice
+    # The flatness sweep's control is the same condition: its run is reused, only the flatness point trains (the
+    # pinned unplug_step merges the sweep's two flatness points into one).
+    assert "2 points: 2 done" in invoke(store, "flatness-regularizer", "--set", f"{TINY},unplug_step=0", "--seeds", "0")
+    assert Counter(run.data.params["reg"] for run in runs_of(store)) == {"none": 1, "ncc": 3, "flatness": 1}

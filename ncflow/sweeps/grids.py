@@ -61,6 +61,8 @@ class Sweep:
 # (lr 0.01, momentum 0.9, batch 64, no weight decay, constant rate, cross-entropy only), 100 epochs, the flatness
 # regulariser unplugged after epoch 30.
 GROK_REGULARISED = {"operation": "add", "train_fraction": 0.3, "steps": 6000}
+# The control of both regulariser sweeps: no regulariser (λ = 0), one condition, so the second sweep reuses its runs.
+UNREGULARISED = Block({"reg": ("none",), "reg_lambda": (0.0,)})
 HAN_SGD = {**MLP5_RELU, "dataset": "mnist-5k", "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0,
            "batch_size": 64, "schedule": "constant", "protocol": "ce-only", "phase1_epochs": 100, "phase2_epochs": 0}
 
@@ -98,15 +100,15 @@ NAMED_SWEEPS: dict[str, Sweep] = {sweep.name: sweep for sweep in (
                                          "train_fraction": (0.3, 0.5)}),), preset="power", task=GROKKING),
     # Han et al.'s regularisers (loss = CE − λ·R), on the grokking task (x + y mod 97, 30 %, 6,000 steps), or with
     # `--dataset` on that data set through the engine with their SGD setting (an MLP-5 for 100 CE epochs).
-    Sweep(schema.NCC_REGULARISER_SWEEP, (Block({"reg_lambda": (0.0, 1e-4, 1e-3, 1e-2)}),),
+    Sweep(schema.NCC_REGULARISER_SWEEP, (UNREGULARISED, Block({"reg_lambda": (1e-4, 1e-3, 1e-2)})),
           {"reg": "ncc", **GROK_REGULARISED}, preset="power", task=GROKKING,
-          on_data=Sweep(schema.NCC_REGULARISER_SWEEP, (Block({"reg_lambda": (0.0, 1e-4, 1e-3, 1e-2)}),),
+          on_data=Sweep(schema.NCC_REGULARISER_SWEEP, (UNREGULARISED, Block({"reg_lambda": (1e-4, 1e-3, 1e-2)})),
                         {"reg": "ncc", **HAN_SGD})),
     Sweep(schema.FLATNESS_REGULARISER_SWEEP,
-          (Block({"reg_lambda": (0.0, 1e-4)}), Block({"reg_lambda": (1e-4,), "unplug_step": (3000,)})),
+          (UNREGULARISED, Block({"reg_lambda": (1e-4,), "unplug_step": (0, 3000)})),
           {"reg": "flatness", **GROK_REGULARISED}, preset="power", task=GROKKING,
           on_data=Sweep(schema.FLATNESS_REGULARISER_SWEEP,
-                        (Block({"reg_lambda": (0.0, 1e-4)}), Block({"reg_lambda": (1e-4,), "unplug_epoch": (30,)})),
+                        (UNREGULARISED, Block({"reg_lambda": (1e-4,), "unplug_epoch": (0, 30)})),
                         {"reg": "flatness", **HAN_SGD})),
 )}
 
