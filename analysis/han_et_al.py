@@ -39,7 +39,9 @@ The claims, each a test on these readings (margins chosen for what they mean, be
   unplug U): each run's gain is its largest validation accuracy in (U, U + W] minus its validation accuracy at the last
   evaluation ≤ U, with W = WINDOW_SHARE = 10 % of the run's length; the arm passes when its mean gain ≥ JUMP = 10
   points and, where the setting has the same λ without an unplug, exceeds that arm's mean gain over the same window.
-C3 and C4 compare arms, each of at least MIN_ARM_RUNS = 1 run (the paper's λ ablation used one seed); the table
+An arm whose every run diverged (`ncflow.status = diverged`: a non-finite loss) never generalises, so C4 *later*
+does not hold for it, the divergence named; its *jump* cannot be seen in runs that stopped before the unplug ("not
+enough runs"). C3 and C4 compare arms, each of at least MIN_ARM_RUNS = 1 run (the paper's λ ablation used one seed); the table
 gives N per arm so a single-seed comparison reads as one. C1 and C2 are grokking's: an engine run on mnist-5k has no
 memorisation phase to come before its generalisation, so they are judged on grokking tasks only. C3 and C4 are judged
 on every task with regularised runs, and on the grokking task and on mnist-5k always: without their runs the row
@@ -389,11 +391,26 @@ def claim_ncc_regulariser(han: HanRuns, setting: Setting, arm: Arm) -> HanClaim:
                     numbers, HOLDS if holds else FAILS)
 
 
+def diverged(han: HanRuns, runs: list[str]) -> str:
+    """'' when none of `runs` diverged; else how many did and their reasons (`ncflow.divergence_reason`)."""
+    statuses = [str(han.runs.at[run, "status"]) if "status" in han.runs.columns else "" for run in runs]
+    gone = [run for run, status in zip(runs, statuses) if status == schema.STATUS_DIVERGED]
+    if not gone:
+        return ""
+    reasons = sorted({str(han.runs.at[run, "divergence_reason"]) for run in gone
+                      if "divergence_reason" in han.runs.columns and pd.notna(han.runs.at[run, "divergence_reason"])})
+    return f"{len(gone)} of {len(runs)} runs diverged ({'; '.join(reasons) or 'no reason logged'})"
+
+
 def claim_flatness_later(han: HanRuns, setting: Setting, arm: Arm) -> HanClaim:
     name, base = "C4 later", setting.arms.get(UNREGULARISED, [])
     runs = setting.arms[arm]
     if len(base) < MIN_ARM_RUNS:
         return _too_few_arm(name, setting, arm, "no unregularised (λ = 0) run in this setting")
+    lost = diverged(han, runs)
+    if lost.startswith(f"{len(runs)} of"):  # a network that diverged never generalises: not "later"
+        return HanClaim(name, CLAIM_TEXT[name], f"{setting.label}, {arm.label(setting.unit)}",
+                        f"{len(runs)} vs {len(base)}", f"{lost}: the regularised networks never generalised", FAILS)
     target = float(np.mean(_finals(han, base, VAL_ACC))) - ACC_MARGIN
     reach = [reach_step(han.history(run), target) for run in runs]
     base_reach = [reach_step(han.history(run), target) for run in base]
@@ -405,6 +422,13 @@ def claim_flatness_later(han: HanRuns, setting: Setting, arm: Arm) -> HanClaim:
 
 def claim_unplug_jump(han: HanRuns, setting: Setting, arm: Arm) -> HanClaim:
     name, runs = "C4 jump", setting.arms[arm]
+    lost = diverged(han, runs)
+    if lost:  # runs that stopped before the unplug show no jump either way
+        reached = [run for run in runs if curve(han.history(run), VAL_ACC).index.max() > arm.unplug]
+        if not reached:
+            return HanClaim(name, CLAIM_TEXT[name], f"{setting.label}, {arm.label(setting.unit)}", str(len(runs)),
+                            f"{lost}, before the unplug at {setting.unit} {arm.unplug}", TOO_FEW)
+        runs = reached
     gain = float(np.nanmean([unplug_gain(han.history(run), arm.unplug) for run in runs]))
     numbers = f"gain {100 * gain:+.1f} points after the unplug"
     holds = gain >= JUMP

@@ -233,3 +233,26 @@ def test_a_run_whose_ncc_never_falls_is_a_counterexample_not_a_missing_run():
     claim = han.claim_ncc_before(grouped, grouped.settings[0])
     assert claim.verdict == han.FAILS and claim.numbers.startswith("2/3 pass")
     assert "NCC never fell to half its level at memorisation (generalised 1000)" in claim.numbers
+
+
+def test_a_regularised_arm_that_diverged_does_not_generalise_later_and_shows_no_jump():
+    base = {"mlflow_status": "FINISHED", "dataset": "mnist-5k", "lr": 0.01, "reg": "flatness"}
+    runs = pd.DataFrame([
+        {**base, "run_id": "control", "seed": 0, "start_time": 0, "status": schema.STATUS_NOT_COLLAPSED,
+         "reg_lambda": 0.0, "unplug_epoch": 0},
+        *({**base, "run_id": f"u{seed}", "seed": seed, "start_time": 1 + seed, "status": schema.STATUS_DIVERGED,
+           "divergence_reason": "non-finite loss (nan) at epoch 4", "reg_lambda": 1e-4, "unplug_epoch": unplug}
+          for seed in (0, 1) for unplug in (0, 30))])
+    runs["run_id"] = [f"{row.run_id}-{row.unplug_epoch}" if row.run_id != "control" else "control"
+                      for row in runs.itertuples()]
+    epochs = pd.Index(EPOCHS, name=schema.HISTORY_EPOCH)
+    control = pd.DataFrame({schema.TEST_ACC: np.linspace(0.5, 0.95, EPOCHS.size)}, index=epochs)
+    blown = pd.DataFrame({schema.TEST_ACC: [0.14, 0.10, 0.11, np.nan]}, index=epochs[:4])
+    grouped = han.han_runs(runs, {"control": control, **{run: blown for run in runs["run_id"] if run != "control"}})
+    by = rows(han.evaluate(grouped))
+    later = by["C4 later", "mnist-5k, flatness λ = 0.0001"]
+    assert later.verdict == han.FAILS
+    assert later.numbers == ("2 of 2 runs diverged (non-finite loss (nan) at epoch 4): the regularised networks never "
+                             "generalised")
+    jump = by["C4 jump", "mnist-5k, flatness λ = 0.0001, unplug at epoch 30"]
+    assert jump.verdict == han.TOO_FEW and jump.numbers.endswith("before the unplug at epoch 30")
