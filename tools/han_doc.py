@@ -79,9 +79,13 @@ def runs_section(han: HanRuns, uri: str) -> list[str]:
     lines = [f"{count(len(runs), 'finished run')}, {minutes.sum() / 60:.1f} run-hours of training.", "",
              "| run | task | arm | seed | wall time (min) | device | threads |", "|---|---|---|---|---|---|---|"]
     for (run_id, row), wall in zip(runs.iterrows(), minutes):
-        setting, arm = arm_of[str(run_id)]
         device = f"{row.get('env_device') or '?'}: {models[str(run_id)]}"
-        lines.append(f"| `{row['run_name']}` | {setting.label} | {arm.label(setting.unit)} | {row.get('seed', '—')} | "
+        if str(run_id) in arm_of:
+            setting, arm = arm_of[str(run_id)]
+            task, treatment = setting.label, arm.label(setting.unit)
+        else:  # a second run of an arm's seed (the two sweeps' λ = 0 controls): listed, not counted
+            task, treatment = str(row.get("dataset", "?")), "unregularised, a repeat of its seed (not counted)"
+        lines.append(f"| `{row['run_name']}` | {task} | {treatment} | {row.get('seed', '—')} | "
                      f"{wall:.1f} | {device} | {row.get('env_threads') or '—'} |")
     return lines + [""]
 
