@@ -37,6 +37,7 @@ from analysis.han_et_al import (
     Setting,
     claims_table,
     curve,
+    diverged,
 )
 from analysis.render import count
 from ncshared.dynamics_figure import add_legend, mark_vertical, new_axes
@@ -108,7 +109,7 @@ def _arm_lines(han: HanRuns, setting: Setting, arms: Sequence[Arm], panels: Sequ
     for index, arm in enumerate(arms):
         runs = setting.arms[arm]
         color = f"C{index % 10}"
-        label = f"{arm.label(setting.unit)} ({len(runs)})"
+        label = f"{arm.label(setting.unit)} ({len(runs)}{', diverged' if diverged(han, runs) else ''})"
         for ax, metric in panels:
             draw_mean(ax, han, runs, metric, color, label, seeds=False)
             if arm.unplug:
