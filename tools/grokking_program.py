@@ -1,6 +1,6 @@
 """Han et al.'s program — grokking and their two regularisers — as a background job that resumes wherever it stopped.
 
-    nohup nice -n 5 python tools/grokking_program.py >> grokking/program.log 2>&1 &      (--plan NAME,… to choose)
+    nohup nice -n 5 python tools/grokking_program.py >> grokking/program.log 2>&1 &   (--plan NAME,…  --workers N)
 
 Works in the git-ignored grokking/ folder: its own sqlite store, Optuna journal, and a snapshot of the code (stamped
 with the checkout's commit and diff, so editing the checkout does not change a running job). Before training it
@@ -14,7 +14,7 @@ from its start.
 The plans, in the order `all` runs them (cheapest first):
 - `data`: the NCC and flatness regulariser sweeps on mnist-5k through the engine, seeds 0, 1, 2;
 - `grokking`: x + y mod 97 with 30 % training data, seeds 0, 1, 2 (the `power` preset, 20,000 steps);
-- `regularisers`: the NCC and flatness regulariser sweeps on the grokking task, seed 0 (6,000 steps each).
+- `regularisers`: the NCC and flatness regulariser sweeps on the grokking task, seeds 0, 1, 2 (6,000 steps each).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ PLANS: dict[str, list[list[str]]] = {  # each: the arguments of one `ncflow swee
     "data": [["ncc-regularizer", "--dataset", "mnist-5k", "--seeds", "0,1,2"],
              ["flatness-regularizer", "--dataset", "mnist-5k", "--seeds", "0,1,2"]],
     "grokking": [["grokking", "--set", "operation=add,train_fraction=0.3", "--seeds", "0,1,2"]],
-    "regularisers": [["ncc-regularizer", "--seeds", "0"], ["flatness-regularizer", "--seeds", "0"]],
+    "regularisers": [["ncc-regularizer", "--seeds", "0,1,2"], ["flatness-regularizer", "--seeds", "0,1,2"]],
 }
 EXPORT_EVERY_S = 600
 
@@ -69,6 +69,7 @@ def main() -> int:
     parser.add_argument("--plan", default="all", help=f"all, or some of {', '.join(PLANS)} joined by commas")
     parser.add_argument("--workdir", type=Path, default=ROOT / "grokking")
     parser.add_argument("--carried", type=Path, default=ROOT / "docs" / "han-et-al" / "runs")
+    parser.add_argument("--workers", type=int, default=1, help="sweep workers (one thread each)")
     args = parser.parse_args()
     names = list(PLANS) if args.plan == "all" else args.plan.split(",")
     unknown = [name for name in names if name not in PLANS]
@@ -93,6 +94,7 @@ def main() -> int:
             stamp(f"sweep {' '.join(sweep)}")
             started = time.time()
             done = subprocess.run([sys.executable, "-m", "ncflow.cli", "sweep", *sweep, "--set", "threads=1",
+                                   "--workers", str(args.workers),
                                    "--experiment", EXPERIMENT, "--tracking-uri", uri,
                                    "--storage", str(args.workdir / "optuna.journal"), "--quiet"], env=env, check=False)
             failed += done.returncode != 0

@@ -39,8 +39,8 @@ nohup nice -n 5 python tools/grokking_program.py >> grokking/program.log 2>&1 &
 ncflow sweep ncc-regularizer --dataset mnist-5k --seeds 0,1,2        # engine: MLP-5, Han et al.'s SGD, 100 epochs
 ncflow sweep flatness-regularizer --dataset mnist-5k --seeds 0,1,2   # the control, λ = 1e-4 with and without an unplug at epoch 30
 ncflow sweep grokking --set operation=add,train_fraction=0.3 --seeds 0,1,2   # x + y mod 97, 30 %, 20,000 steps
-ncflow sweep ncc-regularizer --seeds 0          # the grokking task, 6,000 steps: the control (λ = 0), λ ∈ {1e-4, 1e-3, 1e-2}
-ncflow sweep flatness-regularizer --seeds 0     # the grokking task: the control, λ = 1e-4, and 1e-4 unplugged at step 3,000
+ncflow sweep ncc-regularizer --seeds 0,1,2      # the grokking task, 6,000 steps: the control (λ = 0), λ ∈ {1e-4, 1e-3, 1e-2}
+ncflow sweep flatness-regularizer --seeds 0,1,2 # the grokking task: the control, λ = 1e-4, and 1e-4 unplugged at step 3,000
 # one grokking run by hand: ncflow grok --operation add --train-fraction 0.3 --seed 0"""
 
 DIFFERENCES = """\
