@@ -21,21 +21,23 @@ from ncshared.run_config import REGULARISERS
 
 
 def ncc_regulariser(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """The batch's mean pairwise class-distance-normalised variance (a 0-dim tensor with gradient)."""
+    """The batch's mean pairwise class-distance-normalised variance (a 0-dim tensor with gradient).
+
+    Computed over all K classes with the absent ones masked out, never by selecting the present ones: a boolean
+    selection would wait for the device on every training step."""
     one_hot = torch.nn.functional.one_hot(labels, num_classes).to(features.dtype)  # B×K
     counts = one_hot.sum(0)
     present = counts > 0
-    if int(present.sum()) < 2:
-        return features.sum() * 0.0
-    one_hot, counts = one_hot[:, present], counts[present]
-    means = (one_hot.T @ features) / counts[:, None]  # C×d, C classes present
+    sizes = counts.clamp(min=1.0)
+    means = (one_hot.T @ features) / sizes[:, None]  # K×d (zero for an absent class)
     deviations = features - one_hot @ means
-    variances = (one_hot.T @ deviations.square().sum(1)) / counts  # V_c
-    classes = means.shape[0]
-    distances = (means[:, None, :] - means[None, :, :]).square().sum(-1)  # C×C, exact differences
-    off_diagonal = ~torch.eye(classes, dtype=torch.bool, device=features.device)
-    pairs = (variances[:, None] + variances[None, :])[off_diagonal] / (2.0 * distances[off_diagonal])
-    return pairs.mean()
+    variances = (one_hot.T @ deviations.square().sum(1)) / sizes  # V_c
+    distances = (means[:, None, :] - means[None, :, :]).square().sum(-1)  # K×K, exact differences
+    eye = torch.eye(num_classes, dtype=torch.bool, device=features.device)
+    pair = present[:, None] & present[None, :] & ~eye  # ordered pairs of present classes
+    safe = torch.where(pair, distances, torch.ones_like(distances))  # no 0/0 even in the branch not taken
+    terms = torch.where(pair, (variances[:, None] + variances[None, :]) / (2.0 * safe), torch.zeros_like(safe))
+    return terms.sum() / pair.sum().clamp(min=1)  # 0 when fewer than two classes are present
 
 
 def flatness_regulariser(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
