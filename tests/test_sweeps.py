@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from ncflow.cli.main import main
+from ncflow.record.local_record import RunRecord, record_root
 from ncflow.sweeps.grids import NAMED_SWEEPS, parse_seeds, parse_settings, resolve_points, with_seeds
 from ncflow.sweeps.runs import finished_result, trial_tag
 from ncflow.sweeps.storage import DEFAULT_STORAGE, open_storage, storage_kind, storage_url, study_trials
@@ -26,8 +27,10 @@ from ncflow.sweeps.trials import ATTR_OWNER, ATTR_RUN_ID, ATTR_STATUS, ATTR_T_NC
 from ncshared.schema import (
     CHECKPOINT_PHASE1_END,
     FAIL_REASON_INTERRUPTED,
+    FN,
     KIND_SWEEP,
     KIND_TRAIN,
+    NC1,
     STATUS_COLLAPSED,
     SWEEP_DONE,
     SWEEP_REMAINING,
@@ -40,8 +43,10 @@ from ncshared.schema import (
     TAG_STATUS,
     TAG_SWEEP,
     TAG_TRIAL,
+    TRAIN_LOSS,
     checkpoint_path,
 )
+from ncflow.tracked.stale_runs import resumability
 from tests.mlflow_fixtures import LocalStore
 from tests.postgres_server import PostgresUnavailable, start_postgres
 
@@ -307,18 +312,58 @@ def kill_relaunch_and_check(store: LocalStore, storage: str, kill: str) -> None:
         reasons = {r.data.tags.get(TAG_FAIL_REASON, "") for r in unfinished}
         assert reasons == ({f"{FAIL_REASON_INTERRUPTED} (SIGTERM)"} if kill == "SIGTERM" else {STALE_REASON})
     runs_before = {r.info.run_id for r in training_runs(store)}
+    # A run killed after a finished epoch has a resume state: the relaunch continues it rather than start again.
+    resumable = {r.info.run_id for r in unfinished if resumability(RunRecord(record_root() / r.info.run_id)).resumable}
 
     output = invoke(store, *args)  # relaunch
     assert "2 points: 2 done" in output
     assert_exactly_once(store, "depth", 2)
-    new_runs = [r for r in training_runs(store) if r.info.run_id not in runs_before]
-    assert len(new_runs) == 2 - len(before)  # exactly the missing points were trained
-    assert all(r.info.status in ("KILLED", "FAILED") for r in training_runs(store) if r.info.status != "FINISHED")
+    after = {r.info.run_id: r for r in training_runs(store)}
+    assert all(after[run_id].info.status == "FINISHED" for run_id in resumable)
+    new_runs = [r for r in after.values() if r.info.run_id not in runs_before]
+    assert len(new_runs) == 2 - len(before) - len(resumable)  # exactly the missing points were trained
+    assert all(r.info.status in ("KILLED", "FAILED") for r in after.values() if r.info.status != "FINISHED")
 
 
 @pytest.mark.parametrize("kill", ["SIGTERM", "SIGKILL"])
 def test_a_killed_worker_and_a_relaunch_complete_exactly_the_missing_points(store: LocalStore, kill: str):
     kill_relaunch_and_check(store, "optuna.journal", kill)
+
+
+def test_a_relaunch_continues_the_interrupted_run_of_a_point_bit_for_bit(store: LocalStore):
+    """SIGTERM a worker after a few epochs: the relaunch's worker resumes that very run (no second run of the point),
+    and its history equals an uninterrupted sweep's run of the point, epoch for epoch."""
+    args = ("depth", "--seeds", "0", "--dataset", "synthetic", "--set", f"{SLOW},depth=2,threads=1")
+    sweep = SweepProcess(store, args, subprocess_parent=False)
+    pid = wait_for_running_trial(storage_url(None), store, sweep)
+    (run,) = [r for r in training_runs(store) if r.info.status == "RUNNING"]
+    deadline = time.monotonic() + 120
+    while len(RunRecord(record_root() / run.info.run_id).epoch_rows()) < 5:  # a few epochs are done
+        assert time.monotonic() < deadline, "the run logged too few epochs in time"
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGTERM)
+    assert sweep.wait(240)[0] == 1
+    assert store.client.get_run(run.info.run_id).info.status == "KILLED"
+    assert resumability(RunRecord(record_root() / run.info.run_id)).resumable
+
+    invoke(store, *args)
+    (resumed,) = training_runs(store)  # the point's one run, continued
+    assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
+    parent = parent_of(store, "depth")
+    assert resumed.data.tags[TAG_PARENT_RUN] == parent.info.run_id
+    study = optuna.load_study(study_name="ncflow-depth", storage=open_storage(storage_url(None)))
+    done = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
+    assert [t.user_attrs[ATTR_RUN_ID] for t in done] == [run.info.run_id]
+    assert resumed.data.tags[TAG_TRIAL] == trial_tag("ncflow-depth", done[0].number)
+
+    store.experiment("clean")
+    invoke(store, *args, "--experiment", "clean", "--storage", "clean.journal")
+    clean_experiment = store.client.get_experiment_by_name("clean").experiment_id
+    (clean,) = [r for r in store.client.search_runs([clean_experiment]) if r.data.tags.get(TAG_KIND) == KIND_TRAIN]
+    for key in (NC1, FN, TRAIN_LOSS):
+        history = [(m.step, m.value) for m in store.client.get_metric_history(resumed.info.run_id, key)]
+        assert sorted(history) == sorted((m.step, m.value) for m in store.client.get_metric_history(clean.info.run_id, key))
+        assert len({step for step, _ in history}) == len(history) == 61, key  # every epoch once
 
 
 @pytest.fixture(scope="module")

@@ -127,16 +127,16 @@ def reading_section(runs, report_dir: Path) -> list[str]:
 
 RUNNING = """\
 The job runs in the git-ignored `reproduction/` (its store `mlflow.db`, Optuna journal, run records, and a snapshot
-of the code stamped with the checkout's commit and diff), niced, one worker with one thread. To see where it is:
-`tail reproduction/reproduce.log`; `PYTHONPATH=reproduction/code python -m ncflow.cli reproduce --dataset mnist-5k
---grid-data mnist-5k --tracking-uri sqlite:///$PWD/reproduction/mlflow.db --storage reproduction/optuna.journal
---dry-run` (every point: done, todo; the projected hours); `mlflow ui --backend-store-uri
-sqlite:///reproduction/mlflow.db` (the running run's epochs). To resume after any interruption, on this machine or a
+of the code stamped with the checkout's commit and diff), niced, one worker per core with one thread each. To see
+where it is: `tail reproduction/reproduce.log`; `PYTHONPATH=reproduction/code python -m ncflow.cli reproduce --dataset
+mnist-5k --grid-data mnist-5k --tracking-uri sqlite:///$PWD/reproduction/mlflow.db --storage
+reproduction/optuna.journal --dry-run` (every point: done, todo; the projected hours); `mlflow ui --backend-store-uri
+sqlite:///reproduction/mlflow.db` (the running runs' epochs). To resume after any interruption, on this machine or a
 fresh one: run the same command again. Every 10 minutes and at its end the job exports finished runs to
 `docs/reproduction/runs` and each interrupted run, with its newest resume state, to `docs/reproduction/unfinished`
-(`tools/carry_runs.py`); a new start imports both, resumes the interrupted runs from their state (bit for bit as if
-never stopped, on the same kind of machine and thread count), then trains what is left. Commit those two folders to
-carry the job to another machine."""
+(`tools/carry_runs.py`); a new start imports both, and the sweep's workers continue each interrupted run from its
+state (bit for bit as if never stopped, on the same kind of machine and thread count) and train what is left.
+Commit those two folders to carry the job to another machine."""
 
 EVERY_EPS = """\
 Every run logged T_NC and fn* at the paper's ε rule and at ε = 0.01, 0.02 and 0.05 as it trained, so the claims can

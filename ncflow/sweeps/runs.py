@@ -3,7 +3,8 @@
 A grid point is identified by the tag `ncflow.condition` + param `seed`: it is done when MLflow holds a FINISHED
 run with that identity, whatever made it. Seeds are compared as numbers (`mlflow run -P seed=1.0` logs `1.0`
 for seed 1). A sweep's child run carries `ncflow.trial = <study>#<trial number>`, so a RUNNING run whose trial
-is no longer running (its worker died) is found and ended KILLED.
+is no longer running (its worker died) is found and ended KILLED; such a run (or one ended by a signal or a crash)
+is the point's interrupted run, which the next worker to claim the point continues (`interrupted_run`).
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ from ncflow.record.retry import is_database_locked, retried
 from ncflow.sweeps.trials import ATTR_PARENT, result_attrs
 from ncshared.schema import (
     FN_STAR,
+    KIND_TRAIN,
+    NC1,
     STATUS_COLLAPSED,
     STATUS_FAILED,
     STATUS_NOT_COLLAPSED,
     T_NC,
     TAG_CONDITION,
     TAG_FAIL_REASON,
+    TAG_KIND,
     TAG_PARENT_RUN,
     TAG_STATUS,
     TAG_TRIAL,
@@ -60,6 +64,31 @@ def finished_result(client: MlflowClient, experiment_id: str, condition: str, se
     status = run.data.tags.get(TAG_STATUS, STATUS_COLLAPSED if T_NC in metrics else STATUS_NOT_COLLAPSED)
     attrs = result_attrs(run.info.run_id, status, metrics.get(T_NC), metrics.get(FN_STAR))
     return {**attrs, ATTR_PARENT: run.data.tags.get(TAG_PARENT_RUN, "")}
+
+
+def interrupted_run(client: MlflowClient, experiment_id: str, condition: str, seed: int, record_dir: Any = None) -> Any | None:
+    """The point's training run that ended unfinished (KILLED or FAILED) and can be resumed — from its local record
+    under `record_dir` (NCFLOW_RECORD_DIR by default) or its MLflow checkpoint — the one with the most logged epochs;
+    None when the point has none. A RUNNING run is never picked: it is either live or ended KILLED first, when its
+    trial is found abandoned."""
+    from ncflow.record.local_record import RunRecord, record_root
+    from ncflow.tracked.stale_runs import resumability
+
+    runs = with_retry(
+        client.search_runs,
+        [experiment_id],
+        filter_string=f"tags.`{TAG_CONDITION}` = '{condition}' and tags.`{TAG_KIND}` = '{KIND_TRAIN}' "
+                      "and attributes.status != 'FINISHED' and attributes.status != 'RUNNING'",
+        max_results=MAX_RUNS,
+    )
+    root = record_root(record_dir)
+    mine = [run for run in runs if same_number(run.data.params.get("seed", ""), seed)
+            and resumability(RunRecord(root / run.info.run_id), client).resumable]
+    if not mine:
+        return None
+    logged = {run.info.run_id: max((m.step for m in with_retry(client.get_metric_history, run.info.run_id, NC1)),
+                                   default=0) for run in mine}
+    return max(mine, key=lambda run: (logged[run.info.run_id], run.info.start_time))
 
 
 def trial_tag(study_name: str, number: int) -> str:

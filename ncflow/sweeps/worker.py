@@ -2,8 +2,10 @@
 
 A claim moves the oldest WAITING trial whose point no RUNNING trial holds (and whose prerequisite, for an
 intervention point, completed) to RUNNING and records its owner, all under the sweep lock, so two workers never
-hold the same point. Before training, the worker looks in MLflow once more (a done point is reused). A worker
-exits when nothing is left that could run.
+hold the same point. Before training, the worker looks in MLflow once more: a done point is reused, and a point
+with an interrupted run (its worker killed, the machine lost, the run carried from another machine) continues that
+run from its last finished epoch instead of starting again (`resume_point`). A worker exits when nothing is left
+that could run.
 
 `python -m ncflow.sweeps.worker ARGS_JSON` runs one worker; `ncflow sweep` (`ncflow.sweeps.coordinator`) starts them.
 """
@@ -17,7 +19,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 import optuna
 from mlflow.tracking import MlflowClient
@@ -29,7 +31,7 @@ from ncflow.grokking.config import GrokConfig, build_grok_config, parse_grok_fie
 from ncflow.record.liveness import Owner
 from ncflow.record.retry import is_database_locked, retried
 from ncflow.record.signals import interruption_reason, termination_as_interrupt
-from ncflow.sweeps.runs import finished_result, kill_runs, running_runs, trial_tag
+from ncflow.sweeps.runs import finished_result, interrupted_run, kill_runs, running_runs, trial_tag, with_retry
 from ncflow.sweeps.storage import open_storage, study_trials, sweep_lock, trial_id
 from ncflow.sweeps.trial_liveness import Heartbeat, is_stale, record_owner
 from ncflow.sweeps.trials import (
@@ -50,6 +52,7 @@ from ncshared.mlflow_env import ADOPTED_RUN_VARIABLE
 from ncshared.run_config import RunConfig
 from ncshared.schema import STATUS_FAILED, TAG_PARENT_RUN, TAG_SWEEP, TAG_TRIAL
 
+Result = TypeVar("Result")
 WAIT_S = 1.0  # a worker with only points waiting for a prerequisite looks again this often
 
 
@@ -179,6 +182,12 @@ def train_grokking_point(args: WorkerArgs, claim: Claim) -> tuple[dict[str, Any]
     return attrs, objective_value(detector.status, detector.t_nc, config.steps)
 
 
+def retried_while_locked(args: WorkerArgs, call: Callable[[], Result]) -> Result:
+    """`call()`, tried again after 1 s, 2 s, … (`args.lock_retries` times) while the SQLite store is locked."""
+    delays = [1.0 + k for k in range(args.lock_retries)]
+    return retried(call, when=is_database_locked, delays=delays, attempts=args.lock_retries + 1)
+
+
 def train_point(args: WorkerArgs, claim: Claim) -> tuple[dict[str, Any], float]:
     """Train the claimed point (retrying a point the SQLite store locked out); its result attrs and value."""
     from ncflow.tracked.train import train
@@ -186,7 +195,8 @@ def train_point(args: WorkerArgs, claim: Claim) -> tuple[dict[str, Any], float]:
     if claim.task.task == TASK_GROKKING:
         return train_grokking_point(args, claim)
     config = config_of(args, claim)
-    result = retried(
+    result = retried_while_locked(
+        args,
         lambda: train(
             config,
             sweep=args.sweep,
@@ -195,9 +205,6 @@ def train_point(args: WorkerArgs, claim: Claim) -> tuple[dict[str, Any], float]:
             progress=False,
             ship_timeout_s=None,  # a point is done only once MLflow has all of it: wait out an outage
         ),
-        when=is_database_locked,
-        delays=[1.0 + k for k in range(args.lock_retries)],  # 1 s, 2 s, … before each retry
-        attempts=args.lock_retries + 1,
     )
     attrs = result_attrs(result.run_id, result.status, result.t_nc, result.fn_star)
     return attrs, objective_value(result.status, result.t_nc, config.total_epochs)
@@ -228,14 +235,19 @@ def fail_claims(storage: BaseStorage, args: WorkerArgs, claims: list[Claim], cli
 
 
 def evaluate(storage: BaseStorage, args: WorkerArgs, claims: list[Claim], client: MlflowClient) -> None:
-    """Reuse the points MLflow already finished, train the others (one pack when several); a crash fails their
-    trials (retried next invocation)."""
+    """Reuse the points MLflow already finished, continue the interrupted ones, train the others (one pack when
+    several); a crash fails the trials not finished yet (retried next invocation)."""
     with contextlib.ExitStack() as beating:
         for claim in claims:
             beating.enter_context(Heartbeat(storage, claim.trial_id))
         todo: list[Claim] = []
         try:
             todo = [claim for claim in claims if not reused(storage, args, claim, client)]
+            for claim, run in [(claim, interrupted_point_run(args, claim, client)) for claim in todo]:
+                if run is not None:
+                    attrs, value = resume_point(args, claim, run, client)
+                    _finish(storage, claim, {**attrs, ATTR_REUSED: False}, TrialState.COMPLETE, value)
+                    todo.remove(claim)
             if len(todo) == 1:
                 attrs, value = train_point(args, todo[0])
                 _finish(storage, todo[0], {**attrs, ATTR_REUSED: False}, TrialState.COMPLETE, value)
@@ -243,6 +255,30 @@ def evaluate(storage: BaseStorage, args: WorkerArgs, claims: list[Claim], client
                 train_claims_packed(storage, args, todo)
         except BaseException as error:
             fail_claims(storage, args, todo or claims, client, error)
+
+
+def interrupted_point_run(args: WorkerArgs, claim: Claim, client: MlflowClient) -> Any | None:
+    """The engine point's resumable interrupted run in the sweep's experiment (`ncflow.sweeps.runs.interrupted_run`)."""
+    if claim.task.task == TASK_GROKKING:  # a grokking point continues its own run (`ncflow.grokking.train`)
+        return None
+    return interrupted_run(client, args.experiment_id, claim.task.condition, int(claim.task.params["seed"]))
+
+
+def resume_point(args: WorkerArgs, claim: Claim, run: Any, client: MlflowClient) -> tuple[dict[str, Any], float]:
+    """Continue the point's interrupted run (`ncflow.tracked.resume`) as this trial's child run: it is tagged with
+    this sweep's parent and trial first, so the trial's run is found (and ended) like a new one."""
+    from ncflow.tracked import mlflow_run
+    from ncflow.tracked.resume import resume
+
+    run_id = run.info.run_id
+    tags = {TAG_SWEEP: args.sweep, TAG_PARENT_RUN: args.parent_run_id, TAG_TRIAL: trial_tag(claim.study, claim.number)}
+    with_retry(mlflow_run.set_tags, client, run_id, tags)
+    print(f"ncflow sweep: trial {claim.number} ({claim.task.key}) continues its interrupted run {run_id}",
+          file=sys.stderr, flush=True)
+    result = retried_while_locked(
+        args, lambda: resume(run_id, tracking_uri=args.tracking_uri, progress=False, ship_timeout_s=None))
+    attrs = result_attrs(result.run_id, result.status, result.t_nc, result.fn_star)
+    return attrs, objective_value(result.status, result.t_nc, config_of(args, claim).total_epochs)
 
 
 def train_claims_packed(storage: BaseStorage, args: WorkerArgs, claims: list[Claim]) -> None:
