@@ -22,6 +22,22 @@ def test_depth_and_weight_decay_get_every_seed_first_then_one_seed_of_the_rest()
     assert "dataset" not in stages[6].overrides and stages[0].overrides["dataset"] == "mnist-5k"
 
 
+def test_a_one_seed_stage_that_would_leave_workers_idle_is_left_to_its_every_seed_stage():
+    runnable, _ = reproduce.plan_points(reproduce.program(("depth", "width"), None, MNIST5K))
+    labels = [stage.label for stage, _ in runnable]
+    assert labels == ["depth (seeds 0,1,2)", "width (seeds 0)", "width (seeds 0,1,2)"]
+    width_seed0 = runnable[1][1]
+    done = {point.key for _, points in runnable for point in points if point.seed == 0} - {width_seed0[0].key}
+    # One width point of seed 0 left: with 2 workers its stage goes (the every-seed stage trains it, and seeds 1
+    # and 2 beside it); with 1 worker, or with none of it left, the order stays as it is.
+    assert [s.label for s, _ in reproduce.busy_stages(runnable, done, 2)] == [labels[0], labels[2]]
+    assert [s.label for s, _ in reproduce.busy_stages(runnable, done, 1)] == labels
+    everything = {point.key for _, points in runnable for point in points}
+    assert [s.label for s, _ in reproduce.busy_stages(runnable, everything, 4)] == labels
+    assert [s.label for s, _ in reproduce.busy_stages(runnable, set(), 4)] == labels  # 4 points left: no idler
+    assert len(width_seed0) == 4 and [s.label for s, _ in reproduce.busy_stages(runnable, set(), 5)] == [labels[0], labels[2]]
+
+
 def test_shared_conditions_are_planned_once():
     _, planned = reproduce.plan_points(reproduce.program(reproduce.PROGRAM_SWEEPS, None, MNIST5K))
     keys = [item.point.key for item in planned]

@@ -386,7 +386,8 @@ def reproduce(
         projection, _ = program.projected_seconds(todo, workers)
         click.echo(program.describe(planned, done, projection, workers))
         return
-    for label, line in program.run_program(runnable, journal, uri, overrides["experiment"], workers, not quiet,
+    stages_run = program.busy_stages(runnable, done, workers)
+    for label, line in program.run_program(stages_run, journal, uri, overrides["experiment"], workers, not quiet,
                                            points_per_pack):
         click.echo(f"{label}: {line}")
     for item in planned:

@@ -8,7 +8,9 @@ re-invocations and machines: a condition several sweeps share (the MLP-5 / ReLU 
 baseline is in four) is trained by the first and reused by the others, because a point with a FINISHED run
 of its condition and seed is done whatever made it. Order: `depth` and `weight-decay` with every seed first
 (their statistics need three seeds), then one seed of every other sweep, then the remaining seeds — so an
-interrupted job has the most complete tables it can.
+interrupted job has the most complete tables it can. With several workers, a one-seed stage with fewer points left
+to train than workers is left to its sweep's every-seed stage (`busy_stages`): the idle workers take the next seeds
+instead of waiting for the last point of the stage (the grid's ResNet-20 runs take hours each).
 """
 
 from __future__ import annotations
@@ -196,6 +198,19 @@ def done_points(planned: Sequence[PlannedPoint], tracking_uri: str, experiment: 
         for item in planned
         if finished_result(client, found.experiment_id, item.point.condition, item.point.seed) is not None
     }
+
+
+def busy_stages(runnable: Sequence[tuple[Stage, list[GridPoint]]], done: set[str], workers: int
+                ) -> list[tuple[Stage, list[GridPoint]]]:
+    """The stages to run, without each one-seed stage that has 1 to `workers` − 1 points not `done` while a later
+    stage of the same sweep (its every-seed stage, which has those points too) follows."""
+    kept = []
+    for index, (stage, points) in enumerate(runnable):
+        left = sum(1 for point in points if point.key not in done)
+        later = any(other.sweep.name == stage.sweep.name for other, _ in runnable[index + 1:])
+        if not (later and 0 < left < workers):
+            kept.append((stage, points))
+    return kept
 
 
 def run_program(
