@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from ncflow.cli.main import main
 from ncflow.record.local_record import RunRecord, record_root
 from ncflow.sweeps.grids import NAMED_SWEEPS, parse_seeds, parse_settings, resolve_points, with_seeds
-from ncflow.sweeps.runs import finished_result, trial_tag
+from ncflow.sweeps.runs import finished_result, interrupted_run, trial_tag
 from ncflow.sweeps.storage import DEFAULT_STORAGE, open_storage, storage_kind, storage_url, study_trials
 from ncflow.sweeps.trial_liveness import STALE_REASON
 from ncflow.sweeps.trials import ATTR_OWNER, ATTR_RUN_ID, ATTR_STATUS, ATTR_T_NC, objective_value
@@ -313,7 +313,8 @@ def kill_relaunch_and_check(store: LocalStore, storage: str, kill: str) -> None:
         assert reasons == ({f"{FAIL_REASON_INTERRUPTED} (SIGTERM)"} if kill == "SIGTERM" else {STALE_REASON})
     runs_before = {r.info.run_id for r in training_runs(store)}
     # A run killed after a finished epoch has a resume state: the relaunch continues it rather than start again.
-    resumable = {r.info.run_id for r in unfinished if resumability(RunRecord(record_root() / r.info.run_id)).resumable}
+    resumable = {r.info.run_id for r in unfinished
+                 if r.info.status == "KILLED" and resumability(RunRecord(record_root() / r.info.run_id)).resumable}
 
     output = invoke(store, *args)  # relaunch
     assert "2 points: 2 done" in output
@@ -328,6 +329,28 @@ def kill_relaunch_and_check(store: LocalStore, storage: str, kill: str) -> None:
 @pytest.mark.parametrize("kill", ["SIGTERM", "SIGKILL"])
 def test_a_killed_worker_and_a_relaunch_complete_exactly_the_missing_points(store: LocalStore, kill: str):
     kill_relaunch_and_check(store, "optuna.journal", kill)
+
+
+def test_the_interrupted_run_of_a_point_is_its_furthest_killed_run_with_a_resume_state(store: LocalStore, tmp_path: Path):
+    experiment = store.client.get_experiment_by_name("ncflow").experiment_id
+    made = {}
+    for name, status, epochs, state, seed, condition in [
+        ("short", "KILLED", 3, True, "0", "c1"), ("long", "KILLED", 7, True, "0.0", "c1"),
+        ("stateless", "KILLED", 9, False, "0", "c1"), ("crashed", "FAILED", 8, True, "0", "c1"),
+        ("other-seed", "KILLED", 9, True, "1", "c1"), ("other-point", "KILLED", 9, True, "0", "c2"),
+    ]:
+        run_id = store.client.create_run(experiment, tags={TAG_CONDITION: condition, TAG_KIND: KIND_TRAIN}).info.run_id
+        store.client.log_param(run_id, "seed", seed)
+        for epoch in range(1, epochs + 1):
+            store.client.log_metric(run_id, NC1, 1.0 / epoch, step=epoch)
+        if state:
+            RunRecord(tmp_path / "records" / run_id).state_path.parent.mkdir(parents=True)
+            RunRecord(tmp_path / "records" / run_id).state_path.write_bytes(b"state")
+        store.client.set_terminated(run_id, status)
+        made[name] = run_id
+    found = interrupted_run(store.client, experiment, "c1", 0, tmp_path / "records")
+    assert found.info.run_id == made["long"]  # seed 0.0 is seed 0; no state, FAILED: not continued
+    assert interrupted_run(store.client, experiment, "c3", 0, tmp_path / "records") is None
 
 
 def test_a_relaunch_continues_the_interrupted_run_of_a_point_bit_for_bit(store: LocalStore):

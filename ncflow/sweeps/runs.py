@@ -3,8 +3,8 @@
 A grid point is identified by the tag `ncflow.condition` + param `seed`: it is done when MLflow holds a FINISHED
 run with that identity, whatever made it. Seeds are compared as numbers (`mlflow run -P seed=1.0` logs `1.0`
 for seed 1). A sweep's child run carries `ncflow.trial = <study>#<trial number>`, so a RUNNING run whose trial
-is no longer running (its worker died) is found and ended KILLED; such a run (or one ended by a signal or a crash)
-is the point's interrupted run, which the next worker to claim the point continues (`interrupted_run`).
+is no longer running (its worker died) is found and ended KILLED; such a run (or one ended by a signal) is the
+point's interrupted run, which the next worker to claim the point continues (`interrupted_run`).
 """
 
 from __future__ import annotations
@@ -67,10 +67,12 @@ def finished_result(client: MlflowClient, experiment_id: str, condition: str, se
 
 
 def interrupted_run(client: MlflowClient, experiment_id: str, condition: str, seed: int, record_dir: Any = None) -> Any | None:
-    """The point's training run that ended unfinished (KILLED or FAILED) and can be resumed — from its local record
-    under `record_dir` (NCFLOW_RECORD_DIR by default) or its MLflow checkpoint — the one with the most logged epochs;
-    None when the point has none. A RUNNING run is never picked: it is either live or ended KILLED first, when its
-    trial is found abandoned."""
+    """The point's interrupted training run — ended KILLED (a signal, an abandoned trial's run, a run carried from
+    another machine) — that can be resumed from its local record under `record_dir` (NCFLOW_RECORD_DIR by default)
+    or its MLflow checkpoint; of several, the one with the most logged epochs; None when the point has none.
+
+    A FAILED run (an exception in training, perhaps a bug since fixed) is not continued: its point trains afresh.
+    A RUNNING run is never picked: it is live, or ended KILLED first when its trial is found abandoned."""
     from ncflow.record.local_record import RunRecord, record_root
     from ncflow.tracked.stale_runs import resumability
 
@@ -78,7 +80,7 @@ def interrupted_run(client: MlflowClient, experiment_id: str, condition: str, se
         client.search_runs,
         [experiment_id],
         filter_string=f"tags.`{TAG_CONDITION}` = '{condition}' and tags.`{TAG_KIND}` = '{KIND_TRAIN}' "
-                      "and attributes.status != 'FINISHED' and attributes.status != 'RUNNING'",
+                      "and attributes.status = 'KILLED'",
         max_results=MAX_RUNS,
     )
     root = record_root(record_dir)
