@@ -183,8 +183,9 @@ def main() -> int:
         f"{'The job has not finished: the tables hold the runs so far, and it resumes where it stopped.' if len(runs[runs['mlflow_status'] == 'FINISHED']) < PROGRAM_RUNS else ''}",
         "",
         "```bash", COMMAND, "```", "",
-        f"Generated on {machine()}. The job trains on the CPU, one thread per run (the MLP runs with two worker "
-        "processes, the ResNet-20 runs with one); each run records the "
+        f"Generated on {machine()}. The job trains on the CPU, one thread per run (the MLP runs two at a time; the "
+        "ResNet-20 runs first one, then three at a time on the two cores, so their `time/epoch_s` varies with the "
+        "load, not their numbers); each run records the "
         "machine and software it trained on (its `ncflow.env.*` tags; runs from before those tags record only their "
         "commit), counted under \"The runs\".", "",
         "## Running it", "", RUNNING, "",
