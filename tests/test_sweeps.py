@@ -312,9 +312,10 @@ def kill_relaunch_and_check(store: LocalStore, storage: str, kill: str) -> None:
         reasons = {r.data.tags.get(TAG_FAIL_REASON, "") for r in unfinished}
         assert reasons == ({f"{FAIL_REASON_INTERRUPTED} (SIGTERM)"} if kill == "SIGTERM" else {STALE_REASON})
     runs_before = {r.info.run_id for r in training_runs(store)}
-    # A run killed after a finished epoch has a resume state: the relaunch continues it rather than start again.
+    # A run killed after a finished epoch has a resume state: the relaunch continues it rather than start again
+    # (one left RUNNING by a killed sweep is ended KILLED by the relaunch first, then continued).
     resumable = {r.info.run_id for r in unfinished
-                 if r.info.status == "KILLED" and resumability(RunRecord(record_root() / r.info.run_id)).resumable}
+                 if r.info.status != "FAILED" and resumability(RunRecord(record_root() / r.info.run_id)).resumable}
 
     output = invoke(store, *args)  # relaunch
     assert "2 points: 2 done" in output
