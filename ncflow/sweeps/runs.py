@@ -9,6 +9,7 @@ point's interrupted run, which the next worker to claim the point continues (`in
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Iterable, TypeVar
 
 from mlflow.tracking import MlflowClient
@@ -66,7 +67,9 @@ def finished_result(client: MlflowClient, experiment_id: str, condition: str, se
     return {**attrs, ATTR_PARENT: run.data.tags.get(TAG_PARENT_RUN, "")}
 
 
-def interrupted_run(client: MlflowClient, experiment_id: str, condition: str, seed: int, record_dir: Any = None) -> Any | None:
+def interrupted_run(
+    client: MlflowClient, experiment_id: str, condition: str, seed: int, record_dir: str | os.PathLike[str] | None = None
+) -> Any | None:
     """The point's interrupted training run — ended KILLED (a signal, an abandoned trial's run, a run carried from
     another machine) — that can be resumed from its local record under `record_dir` (NCFLOW_RECORD_DIR by default)
     or its MLflow checkpoint; of several, the one with the most logged epochs; None when the point has none.

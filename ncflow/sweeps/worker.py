@@ -243,7 +243,8 @@ def evaluate(storage: BaseStorage, args: WorkerArgs, claims: list[Claim], client
         todo: list[Claim] = []
         try:
             todo = [claim for claim in claims if not reused(storage, args, claim, client)]
-            for claim, run in [(claim, interrupted_point_run(args, claim, client)) for claim in todo]:
+            for claim in list(todo):
+                run = interrupted_point_run(args, claim, client)
                 if run is not None:
                     attrs, value = resume_point(args, claim, run, client)
                     _finish(storage, claim, {**attrs, ATTR_REUSED: False}, TrialState.COMPLETE, value)
