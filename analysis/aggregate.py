@@ -34,6 +34,7 @@ from analysis.selection import (
     histories_by_run,
     is_intervention,
     other_sweeps,
+    paper_data_set,
     select,
 )
 from analysis.stats import AnovaResult, Correlation, Effect, GridEffects, RegressionResult, Summary
@@ -178,9 +179,10 @@ class Grid:
     summary: pd.DataFrame  # per (dataset, architecture)
     anova: AnovaResult  # between the cells' collapsed fn*
     effects: GridEffects | None  # the conditional effects, when a 2 × 2 grid is complete
-    reference_fn_star: float  # mean fn* of the MLP on mnist (dotted in Figures 2 and 7)
+    reference_fn_star: float  # mean fn* of the MLP on MNIST or a part of it (dotted in Figures 2 and 7)
     # per data set with both architectures: the architecture effect on fn* (MLP → ResNet) and its 95 % bootstrap CI
     architecture_effects: dict[str, tuple[str, str, Effect, tuple[float, float]]] = field(default_factory=dict)
+    reference_data: str = ""  # the data set(s) of `reference_fn_star`'s runs: `mnist`, `mnist-5k`
 
     @property
     def n_cells(self) -> int:
@@ -201,9 +203,10 @@ def grid_estimates(runs: pd.DataFrame) -> Grid | None:
     collapsed = cells[column(cells, T_NC).notna()]
     anova = stats.one_way_anova([column(g, FN_STAR).to_numpy() for _, g in collapsed.groupby(["cell_arch", "dataset"])])
     means = {(r.architecture, r.dataset): r.fn_star.mean for r in summary.itertuples() if r.fn_star.n}
-    mlp = cells[(column(cells, "arch") == "mlp") & (column(cells, "dataset") == "mnist")]
+    mlp = cells[(column(cells, "arch") == "mlp") & (column(cells, "dataset").map(paper_data_set) == "mnist")]
     reference = float(column(mlp, FN_STAR).mean()) if len(mlp) else math.nan
-    return Grid(cells, summary, anova, grid_effects(means), reference, architecture_effects(collapsed))
+    reference_data = ", ".join(sorted(set(mlp["dataset"].astype(str)))) if len(mlp) else ""
+    return Grid(cells, summary, anova, grid_effects(means), reference, architecture_effects(collapsed), reference_data)
 
 
 def architecture_effects(collapsed: pd.DataFrame) -> dict[str, tuple[str, str, Effect, tuple[float, float]]]:
@@ -224,7 +227,7 @@ def architecture_effects(collapsed: pd.DataFrame) -> dict[str, tuple[str, str, E
 def grid_effects(means: Mapping[tuple[str, str], float]) -> GridEffects | None:
     """The paper's conditional effects (MLP and mnist as references), or None without a complete 2 × 2 grid."""
     archs = sorted({a for a, _ in means}, key=lambda a: (not a.startswith("MLP"), a))
-    datasets = sorted({d for _, d in means}, key=lambda d: (d != "mnist", d))
+    datasets = sorted({d for _, d in means}, key=lambda d: (paper_data_set(d) != "mnist", d))
     if len(archs) < 2 or len(datasets) < 2:
         return None
     try:

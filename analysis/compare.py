@@ -19,6 +19,7 @@ import pandas as pd
 from analysis import claims, epsilon, paper_values
 from analysis.aggregate import Estimates
 from analysis.render import LABELS, Table, fmt_value
+from analysis.selection import paper_data_set
 from analysis.stats import LeadTimeStats, Summary
 
 INTERVENTION_SEEDS = 3  # Table 8: every α's three seeds collapsed
@@ -89,13 +90,13 @@ def grid_comparison(estimates: Estimates) -> Table:
     grid = estimates.grid
     rows = []
     for (arch, dataset), cell in paper_values.TABLE6.items():
-        ours = None
+        row, ours = None, None
         if grid is not None:
-            match = grid.summary[grid.summary["dataset"].astype(str).str.startswith(dataset)
+            match = grid.summary[grid.summary["dataset"].map(paper_data_set).eq(dataset)
                                  & grid.summary["architecture"].str.lower().str.startswith(arch[:3])]
-            ours = match["fn_star"].iloc[0] if len(match) else None
-        rows.append({"Pair": f"{arch} / {dataset}", "N paper / ncflow": f"{cell.n} / {'—' if ours is None else ours.n}",
-                     "fn* paper": _pm(cell.fn_star, 3), "fn* ncflow": _ours(ours, 3),
+            row, ours = (match.iloc[0], match["fn_star"].iloc[0]) if len(match) else (None, None)
+        rows.append({"Pair": f"{arch} / {dataset}", "N paper / ncflow": f"{cell.n} / {'—' if row is None else row['n']}",
+                     "Collapsed ncflow": _collapsed(row), "fn* paper": _pm(cell.fn_star, 3), "fn* ncflow": _ours(ours, 3),
                      "fn* Δ": _difference(cell.fn_star, ours, 3), "CV paper": f"{cell.cv:.1%}",
                      "CV ncflow": "—" if ours is None or not ours.n or math.isnan(ours.cv) else f"{ours.cv:.1%}"})
     notes = [f"Paper: ANOVA F = {paper_values.TABLE6_ANOVA_F}; ncflow: "

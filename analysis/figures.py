@@ -19,7 +19,7 @@ from matplotlib.layout_engine import PlaceHolderLayoutEngine
 from analysis.aggregate import Estimates
 from analysis.plots import plot_fn_star_points, plot_lead_time, plot_power_law, plot_sweep, plot_trajectories
 from analysis.render import LABELS, count, fmt_value
-from analysis.selection import baseline_run, column, first_seed
+from analysis.selection import baseline_run, column, first_seed, paper_data_set
 from analysis.stats import Summary
 from ncshared.dynamics_figure import DPI, add_legend, mark_vertical, new_axes, plot_dynamics, run_value
 from ncshared.schema import COLLAPSE_THRESHOLD, FN, NC1, TRAIN_ACC
@@ -63,11 +63,13 @@ def grid_figures(estimates: Estimates) -> dict[str, Figure]:
     if grid is None:
         return {}
     resnet = grid.cells[column(grid.cells, "arch") == "resnet20"]
-    note = "" if math.isnan(grid.reference_fn_star) else "; dotted: MLP fn* on mnist"
+    note = "" if math.isnan(grid.reference_fn_star) else f"; dotted: MLP fn* on {grid.reference_data}"
     figures: dict[str, Figure] = {}
     for (label, dataset), used in resnet.groupby(["cell_arch", "dataset"]):
-        number = GRID_FIGURES.get(str(dataset), "fig")
-        figures[f"{number}_resnet20_{dataset}"] = figure_condition(
+        paper = paper_data_set(dataset)  # mnist-5k's runs are Figure 7, as MNIST's would be
+        number = GRID_FIGURES.get(paper, "fig")
+        stem = f"{number}_resnet20_{paper}"
+        figures[stem if stem not in figures else f"{number}_resnet20_{dataset}"] = figure_condition(
             used, estimates.lookup, f"ResNet-20 on {dataset} ({count(len(used), 'seed')}{note})",
             grid.fn_star(label, dataset), grid.reference_fn_star)
     return figures

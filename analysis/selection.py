@@ -109,6 +109,15 @@ def column(frame: pd.DataFrame, name: str) -> pd.Series:
     return frame[name] if name in frame.columns else pd.Series(np.nan, index=frame.index, dtype=float)
 
 
+PAPER_DATA_SETS = {"mnist-5k": "mnist"}  # a data set drawn from one of the paper's: mnist-5k is 5,000 MNIST images
+
+
+def paper_data_set(dataset: object) -> str:
+    """The paper's data set a run's data set is (`mnist`, `cifar10`) or is drawn from (mnist-5k → `mnist`), so its
+    runs fill that data set's cell, row and figure; any other name is returned as it is."""
+    return PAPER_DATA_SETS.get(str(dataset), str(dataset))
+
+
 def is_intervention(frame: pd.DataFrame) -> pd.Series:
     """Runs that started from another run's checkpoint (`init_from` set)."""
     init = column(frame, "init_from")

@@ -1,13 +1,15 @@
 """The grid's MNIST half on mnist-5k: ResNet-20 runs of the grid sweep beside MLP-5 runs another sweep trained give
-Table 6's MNIST row, the ANOVA between the two pairs and the architecture effect with its CI; and `ncflow reproduce
---grid-data mnist-5k` plans exactly the ResNet-20 points."""
+Table 6's MNIST row, the ANOVA between the two pairs, the architecture effect with its CI and Figure 7 (mnist-5k is
+drawn from MNIST); and `ncflow reproduce --grid-data mnist-5k` plans exactly the ResNet-20 points."""
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import pytest
 
-from analysis import tables
+from analysis import compare, tables
 from analysis.aggregate import Estimates
+from analysis.figures import grid_figures
 from analysis.store import load_histories, load_runs
 from ncflow.engine.config import ConfigError
 from ncflow.sweeps import reproduce
@@ -29,6 +31,8 @@ def test_resnet20_beside_mlp5_on_mnist_5k(mlflow_store, tmp_path):
     for seed, fn_star in enumerate((5.8, 5.9, 6.0)):  # ResNet-20: the grid's own
         fx.log_fake_training_run(client, eid, depth=5, seed=seed, nc1_curve=NC1, fn_curve=fn_curve(fn_star),
                                  phase1_epochs=2, sweep="grid", params={"dataset": "mnist-5k", "arch": "resnet20"})
+    fx.log_fake_training_run(client, eid, depth=5, seed=3, nc1_curve=[0.9, 0.5, 0.3, 0.2], fn_curve=fn_curve(1.0),
+                             phase1_epochs=2, sweep="depth", params={"dataset": "mnist-5k"})  # not collapsed
     runs = load_runs(mlflow_store.uri)
     estimates = Estimates(runs, load_histories(runs, mlflow_store.uri, cache_dir=tmp_path / "cache"))
     grid = estimates.grid
@@ -43,6 +47,16 @@ def test_resnet20_beside_mlp5_on_mnist_5k(mlflow_store, tmp_path):
     table = tables.grid_table(estimates)
     assert any(note.startswith("Architecture effect on fn* within mnist-5k (MLP-5 → ResNet-20): Δ = +4.800 (+436%), "
                                "95% bootstrap CI of the relative effect [") for note in table.notes)
+    # The paper's MNIST row holds mnist-5k's cells; the ResNet-20 cell is Figure 7, the MLP-5 mean its dotted line.
+    rows = compare.grid_comparison(estimates).frame.set_index("Pair")
+    assert rows.loc["mlp / mnist", "N paper / ncflow"] == "12 / 4" and rows.loc["mlp / mnist", "Collapsed ncflow"] == "3/4"
+    assert rows.loc["resnet20 / mnist", "N paper / ncflow"] == "3 / 3" and rows.loc["resnet20 / cifar10", "fn* ncflow"] \
+        == "—" and rows.loc["resnet20 / mnist", "fn* ncflow"].startswith("5.900 ± 0.100 (n=3)")
+    assert grid.reference_fn_star == pytest.approx(1.1) and grid.reference_data == "mnist-5k"
+    figures = grid_figures(estimates)
+    assert list(figures) == ["fig7_resnet20_mnist"]
+    assert figures["fig7_resnet20_mnist"].texts[0].get_text() == "ResNet-20 on mnist-5k (3 seeds; dotted: MLP fn* on mnist-5k)"
+    plt.close("all")
 
 
 def test_reproduce_grid_data_puts_the_grid_on_mnist_5k():
