@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 import numpy as np
 import pandas as pd
 
-from analysis import claims, epsilon, paper_values
+from analysis import claims, epsilon, paper_values, tables
 from analysis.aggregate import Estimates
 from analysis.render import LABELS, Table, fmt_value
 from analysis.selection import paper_data_set
@@ -101,6 +101,11 @@ def grid_comparison(estimates: Estimates) -> Table:
                      "CV ncflow": "—" if ours is None or not ours.n or math.isnan(ours.cv) else f"{ours.cv:.1%}"})
     notes = [f"Paper: ANOVA F = {paper_values.TABLE6_ANOVA_F}; ncflow: "
              + ("—" if grid is None else f"F = {grid.anova.f:.2f} over {grid.n_cells} pair(s)") + "."]
+    paper_effects = "; ".join(f"{relative:+.0%} on {key.split(' | ')[1]}" for key, (_, relative)
+                              in paper_values.TABLE6_EFFECTS.items() if key.startswith("architecture"))
+    notes.append(f"Paper: architecture effect on fn* (MLP → ResNet-20) {paper_effects}; ncflow: "
+                 + ("; ".join(note[0].lower() + note[1:] for note in tables.architecture_effect_notes(grid)) if grid is not None
+                    and grid.architecture_effects else "— (no data set with both architectures collapsed)") + ".")
     return Table("Table 6 beside ncflow: fn* by (model, data set) pair.", pd.DataFrame(rows), notes, pd.DataFrame(rows))
 
 

@@ -16,7 +16,7 @@ from typing import Sequence
 import pandas as pd
 
 from analysis import paper_values
-from analysis.aggregate import Estimates, Family, numeric
+from analysis.aggregate import Estimates, Family, Grid, numeric
 from analysis.render import (
     LABELS,
     Table,
@@ -213,6 +213,14 @@ def summary_table(estimates: Estimates) -> Table | None:
 # ------------------------------------------------------------------------------ tests and effects
 
 
+def architecture_effect_notes(grid: Grid) -> list[str]:
+    """Per data set with both architectures collapsed: the effect of the architecture on mean fn* and its CI."""
+    return [f"Architecture effect on fn* within {dataset} ({base} → {other}): Δ = {e.delta:+.3f} "
+            f"({fmt_pct(e.relative, 0, True)}), 95% bootstrap CI of the relative effect "
+            f"[{fmt_pct(ci[0], 0, True)}, {fmt_pct(ci[1], 0, True)}]"
+            for dataset, (base, other, e, ci) in grid.architecture_effects.items()]
+
+
 def grid_table(estimates: Estimates) -> Table | None:
     """Table 6: fn* by (model, dataset) pair, pooled over all ReLU conditions; ANOVA and conditional effects."""
     grid = estimates.grid
@@ -224,10 +232,7 @@ def grid_table(estimates: Estimates) -> Table | None:
         f"Between-pair differences: one-way ANOVA F({anova.df_between}, {anova.df_within}) = {anova.f:.2f}, "
         f"p = {fmt_p(anova.p)}.",
         *effect_notes(grid.effects),
-        *[f"Architecture effect on fn* within {dataset} ({base} → {other}): Δ = {e.delta:+.3f} "
-          f"({fmt_pct(e.relative, 0, True)}), 95% bootstrap CI of the relative effect "
-          f"[{fmt_pct(ci[0], 0, True)}, {fmt_pct(ci[1], 0, True)}]"
-          for dataset, (base, other, e, ci) in grid.architecture_effects.items()],
+        *architecture_effect_notes(grid),
     ]
     runs = estimates.runs
     notes += select(runs[runs.index.isin(grid.cells.index) | column(runs, "sweep").isin(SWEEP_NAMES["grid"])]).notes()
