@@ -103,9 +103,9 @@ def grid_comparison(estimates: Estimates) -> Table:
              + ("—" if grid is None else f"F = {grid.anova.f:.2f} over {grid.n_cells} pair(s)") + "."]
     paper_effects = "; ".join(f"{relative:+.0%} on {key.split(' | ')[1]}" for key, (_, relative)
                               in paper_values.TABLE6_EFFECTS.items() if key.startswith("architecture"))
+    ours_effects = "; ".join(tables.architecture_effects_text(grid)) if grid is not None else ""
     notes.append(f"Paper: architecture effect on fn* (MLP → ResNet-20) {paper_effects}; ncflow: "
-                 + ("; ".join(note[0].lower() + note[1:] for note in tables.architecture_effect_notes(grid)) if grid is not None
-                    and grid.architecture_effects else "— (no data set with both architectures collapsed)") + ".")
+                 f"{ours_effects or '— (no data set with both architectures collapsed)'}.")
     return Table("Table 6 beside ncflow: fn* by (model, data set) pair.", pd.DataFrame(rows), notes, pd.DataFrame(rows))
 
 

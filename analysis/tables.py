@@ -213,9 +213,9 @@ def summary_table(estimates: Estimates) -> Table | None:
 # ------------------------------------------------------------------------------ tests and effects
 
 
-def architecture_effect_notes(grid: Grid) -> list[str]:
-    """Per data set with both architectures collapsed: the effect of the architecture on mean fn* and its CI."""
-    return [f"Architecture effect on fn* within {dataset} ({base} → {other}): Δ = {e.delta:+.3f} "
+def architecture_effects_text(grid: Grid) -> list[str]:
+    """Per data set with both architectures collapsed: `within D (MLP-5 → ResNet-20): Δ = …, 95% … CI […]`."""
+    return [f"within {dataset} ({base} → {other}): Δ = {e.delta:+.3f} "
             f"({fmt_pct(e.relative, 0, True)}), 95% bootstrap CI of the relative effect "
             f"[{fmt_pct(ci[0], 0, True)}, {fmt_pct(ci[1], 0, True)}]"
             for dataset, (base, other, e, ci) in grid.architecture_effects.items()]
@@ -232,7 +232,7 @@ def grid_table(estimates: Estimates) -> Table | None:
         f"Between-pair differences: one-way ANOVA F({anova.df_between}, {anova.df_within}) = {anova.f:.2f}, "
         f"p = {fmt_p(anova.p)}.",
         *effect_notes(grid.effects),
-        *architecture_effect_notes(grid),
+        *[f"Architecture effect on fn* {text}" for text in architecture_effects_text(grid)],
     ]
     runs = estimates.runs
     notes += select(runs[runs.index.isin(grid.cells.index) | column(runs, "sweep").isin(SWEEP_NAMES["grid"])]).notes()

@@ -54,7 +54,7 @@ def test_resnet20_beside_mlp5_on_mnist_5k(mlflow_store, tmp_path):
         == "—" and rows.loc["resnet20 / mnist", "fn* ncflow"].startswith("5.900 ± 0.100 (n=3)")
     notes = compare.grid_comparison(estimates).notes
     assert notes[1].startswith("Paper: architecture effect on fn* (MLP → ResNet-20) +458% on mnist; +68% on cifar10; "
-                               "ncflow: architecture effect on fn* within mnist-5k (MLP-5 → ResNet-20): Δ = +4.800 (+436%)")
+                               "ncflow: within mnist-5k (MLP-5 → ResNet-20): Δ = +4.800 (+436%)")
     assert grid.reference_fn_star == pytest.approx(1.1) and grid.reference_data == "mnist-5k"
     figures = grid_figures(estimates)
     assert list(figures) == ["fig7_resnet20_mnist"]

@@ -102,8 +102,8 @@ def reading_section(runs, report_dir: Path) -> list[str]:
     budgets = " or ".join(f"{total:.0f}" for total in sorted(
         (finished["phase1_epochs"].astype(float) + finished["phase2_epochs"].astype(float)).unique()))
     lines = [f"- **Collapse is rarer than in the paper.** {int(collapsed.sum())} of {len(finished)} runs reach NC1 < ε "
-             f"at the paper's ε rule within their {budgets} epochs ({by_sweep}); with one ε for every run, {at_eps} do. At the "
-             "paper's rule the claims that aggregate collapsed runs (width, intervention) rest on few runs or cannot "
+             f"at the paper's ε rule within their {budgets} epochs ({by_sweep}); with one ε for every run, {at_eps} "
+             "do. At the paper's rule the claims that aggregate collapsed runs (width, intervention) rest on few runs or cannot "
              "be judged; \"The claims at every ε\" below judges each claim at each logged ε as well."]
     lead_file = report_dir / "tables" / "lead_time.csv"
     if lead_file.exists():
