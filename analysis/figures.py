@@ -38,11 +38,15 @@ def figure_dynamics(estimates: Estimates) -> Figure | None:
 
 def figure_condition(used: pd.DataFrame, lookup: Mapping[str, pd.DataFrame], title: str, fn_star: Summary,
                      reference: float = math.nan) -> Figure:
-    """Figures 2 and 7: accuracy, NC1 and fn of every seed of one condition; fn* dashed, a reference dotted."""
+    """Figures 2 and 7: accuracy, NC1 and fn of every seed of one condition; fn* dashed, a reference dotted.
+
+    fn is drawn on a log axis: a ResNet-20's fn falls several-fold at the switch to MSE and can spike an order of
+    magnitude above its level in Phase 1, which on a linear axis hides fn* and the reference under the spikes.
+    """
     axes = new_axes(1, 3)
     plot_trajectories(lookup, used, TRAIN_ACC, ax=axes[0], hue="seed")
     plot_trajectories(lookup, used, NC1, ax=axes[1], hue="seed", logy=True)
-    plot_trajectories(lookup, used, FN, ax=axes[2], hue="seed")
+    plot_trajectories(lookup, used, FN, ax=axes[2], hue="seed", logy=True)
     if fn_star.n:
         axes[2].axhline(fn_star.mean, color="k", linestyle="--", linewidth=1, label=f"fn* = {fn_star.mean:.3f}")
     if not math.isnan(reference):

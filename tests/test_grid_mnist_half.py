@@ -59,6 +59,7 @@ def test_resnet20_beside_mlp5_on_mnist_5k(mlflow_store, tmp_path):
     figures = grid_figures(estimates)
     assert list(figures) == ["fig7_resnet20_mnist"]
     assert figures["fig7_resnet20_mnist"].texts[0].get_text() == "ResNet-20 on mnist-5k (3 seeds; dotted: MLP fn* on mnist-5k)"
+    assert figures["fig7_resnet20_mnist"].axes[2].get_yscale() == "log"  # fn: fn* and the reference stay readable
     plt.close("all")
 
 

@@ -208,7 +208,7 @@ def main() -> int:
         "",
         "```bash", COMMAND, "```", "",
         f"Generated on {machine()}. The job trains on the CPU, one thread per run (the MLP runs two at a time; the "
-        "ResNet-20 runs first one, then three at a time on the two cores, so their `time/epoch_s` varies with the "
+        "ResNet-20 runs one to three at a time on the two cores, so their `time/epoch_s` varies with the "
         "load, not their numbers); each run records the "
         "machine and software it trained on (its `ncflow.env.*` tags; runs from before those tags record only their "
         "commit), counted under \"The runs\".", "",
