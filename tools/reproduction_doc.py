@@ -102,9 +102,10 @@ def reading_section(runs, report_dir: Path) -> list[str]:
     budgets = " or ".join(f"{total:.0f}" for total in sorted(
         (finished["phase1_epochs"].astype(float) + finished["phase2_epochs"].astype(float)).unique()))
     lines = [f"- **Collapse is rarer than in the paper.** {int(collapsed.sum())} of {len(finished)} runs reach NC1 < ε "
-             f"at the paper's ε rule within their {budgets} epochs ({by_sweep}); with one ε for every run, {at_eps} "
-             "do. At the paper's rule the claims that aggregate collapsed runs (width, intervention) rest on few runs or cannot "
-             "be judged; \"The claims at every ε\" below judges each claim at each logged ε as well."]
+             f"at the paper's ε rule within their {budgets} epochs ({by_sweep}); with one ε for every run, "
+             f"{at_eps} do. At the paper's rule the claims that aggregate collapsed runs (width, intervention) rest "
+             "on few runs or cannot be judged; \"The claims at every ε\" below judges each claim at each logged ε "
+             "as well."]
     lead_file = report_dir / "tables" / "lead_time.csv"
     if lead_file.exists():
         lead = pd.read_csv(lead_file)
@@ -208,10 +209,9 @@ def main() -> int:
         "",
         "```bash", COMMAND, "```", "",
         f"Generated on {machine()}. The job trains on the CPU, one thread per run (the MLP runs two at a time; the "
-        "ResNet-20 runs one to three at a time on the two cores, so their `time/epoch_s` varies with the "
-        "load, not their numbers); each run records the "
-        "machine and software it trained on (its `ncflow.env.*` tags; runs from before those tags record only their "
-        "commit), counted under \"The runs\".", "",
+        "ResNet-20 runs one to three at a time on the two cores, so their `time/epoch_s` varies with the load, not "
+        "their numbers); each run records the machine and software it trained on (its `ncflow.env.*` tags; runs "
+        "from before those tags record only their commit), counted under \"The runs\".", "",
         "## Running it", "", RUNNING, "",
         "## The runs", "", *runs_section(runs), provenance_line(runs), "",
         "## How mnist-5k differs from the paper's MNIST", "", DIFFERENCES,
